@@ -1,0 +1,52 @@
+package plugin
+
+import (
+	"context"
+	"io"
+	"net/http"
+
+	"github.com/distribution/reference"
+	"github.com/docker/docker/api/types"
+	"github.com/docker/docker/api/types/backend"
+	"github.com/docker/docker/api/types/registry"
+	"github.com/docker/docker/plugin"
+	v2 "github.com/docker/docker/plugin/v2"
+)
+
+// Backend is the interface for interacting with the plugin manager.
+// Controller actions are passed to the configured backend to do the real work.
+//
+// The method set is exactly that of the upstream package
+// (github.com/docker/docker/daemon/cluster/controllers/plugin), so moby's
+// *plugin.Manager satisfies it, and so does the in-memory fake in the
+// plugintest package.
+//
+// A Backend is shared by every Controller of a node and is called from many
+// goroutines at once; implementations must be safe for concurrent use.
+//
+// The Controller relies on the Manager's observable rules: names are
+// normalised by Pull ("vol" becomes "vol:latest"); Get resolves a full ID, a
+// name or a unique ID prefix and fails with an error classified NotFound
+// (github.com/containerd/errdefs) for an unknown plugin; a non-forced Disable
+// or Remove is refused while the plugin is in use; SubscribeEvents delivers
+// only events whose type and plugin ID match one of the given events, and its
+// cancel function may be called more than once.
+type Backend interface {
+	Disable(name string, config *backend.PluginDisableConfig) error
+	Enable(name string, config *backend.PluginEnableConfig) error
+	Remove(name string, config *backend.PluginRmConfig) error
+	Pull(ctx context.Context, ref reference.Named, name string, metaHeaders http.Header, authConfig *registry.AuthConfig, privileges types.PluginPrivileges, outStream io.Writer, opts ...plugin.CreateOpt) error
+	Upgrade(ctx context.Context, ref reference.Named, name string, metaHeaders http.Header, authConfig *registry.AuthConfig, privileges types.PluginPrivileges, outStream io.Writer) error
+	Get(name string) (*v2.Plugin, error)
+	SubscribeEvents(buffer int, events ...plugin.Event) (eventCh <-chan interface{}, cancel func())
+}
+
+// Setter is implemented by backends that can change the environment of an
+// installed plugin, as moby's *plugin.Manager does. It is optional: when the
+// Backend given to a Controller also implements Setter, Prepare applies the
+// spec's Env to a plugin it upgrades, which Upgrade alone cannot do.
+//
+// args are "KEY=VALUE" strings, the form of runtime.PluginSpec.Env.
+type Setter interface {
+	Set(name string, args []string) error
+}
