@@ -2,7 +2,13 @@ package plugin
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
+	"reflect"
+	"strings"
+	"sync"
+	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/containerd/log"
@@ -12,224 +18,671 @@ import (
 	"github.com/docker/docker/api/types/registry"
 	"github.com/docker/docker/api/types/swarm/runtime"
 	"github.com/docker/docker/plugin"
+	v2 "github.com/docker/docker/plugin/v2"
 	"github.com/gogo/protobuf/proto"
+	"github.com/moby/swarmkit/v2/agent/exec"
 	"github.com/moby/swarmkit/v2/api"
-	"github.com/pkg/errors"
 )
 
+// RuntimeKind is the Kind of the generic runtime spec that carries a
+// runtime.PluginSpec, as the Docker daemon encodes plugin services.
+const RuntimeKind = "plugin"
+
+// DefaultEnableTimeout is how long Start lets the Backend wait for an
+// enabled plugin to answer its activation, as upstream.
+const DefaultEnableTimeout = 30 * time.Second
+
 // Controller is the controller for the plugin backend.
-// Plugins are managed as a singleton object with a desired state (different from containers).
-// With the plugin controller instead of having a strict create->start->stop->remove
-// task lifecycle like containers, we manage the desired state of the plugin and let
-// the plugin manager do what it already does and monitor the plugin.
-// We'll also end up with many tasks all pointing to the same plugin ID.
+// Plugins are managed as a singleton object with a desired state (different
+// from containers). With the plugin controller instead of having a strict
+// create->start->stop->remove task lifecycle like containers, we manage the
+// desired state of the plugin and let the plugin manager do what it already
+// does and monitor the plugin. We'll also end up with many tasks all
+// pointing to the same plugin ID.
 //
-// TODO(@cpuguy83): registry auth is intentionally not supported until we work out
-// the right way to pass registry credentials via secrets.
+// A Controller serves one task. swarmkit's agent calls its methods (see the
+// package documentation for the order); all methods are safe for concurrent
+// use, including Remove and Close while a cancelled Prepare or Wait is still
+// running on another goroutine. After Close, every method but Close returns
+// exec.ErrControllerClosed.
 type Controller struct {
 	backend Backend
-	spec    runtime.PluginSpec
-	logger  *log.Entry
+	spec    runtime.PluginSpec // Name defaulted to the remote; never changes
+	remote  reference.Named
+	taskID  string
+	service string
+	opts    options
+	lockKey string // the plugin's normalised name, for pluginLocks
 
-	pluginID  string
-	serviceID string
+	// opMu serialises the steps that change the plugin or the task's
+	// reference (Prepare, Start, Remove and Wait's binding), so a late
+	// Prepare cannot acquire after Remove released.
+	opMu sync.Mutex
+
+	mu       sync.Mutex // guards the fields below
+	pluginID string     // the plugin this task is bound to; "" until bound
+	removed  bool
+	closed   bool
+	closedCh chan struct{} // closed by Close; ends a Wait in flight
 }
 
-// NewController returns a new cluster plugin controller
+// Option configures a Controller made by New.
+type Option func(*options)
+
+type options struct {
+	auth          func(ctx context.Context, ref reference.Named) (*registry.AuthConfig, error)
+	enableTimeout time.Duration
+	progress      io.Writer
+	logger        *log.Entry
+}
+
+// WithRegistryAuth makes Prepare call fn for the reference it is about to
+// pull or upgrade and pass the config fn returns to the Backend. A nil
+// config (or no WithRegistryAuth at all) means anonymous access, as
+// upstream. An error from fn fails Prepare; it stays temporary when fn's
+// error is (exec.IsTemporary, or a transient errdefs class).
+//
+// fn is called on the agent's goroutines, possibly for several tasks at
+// once, so it must be safe for concurrent use. The package
+// github.com/seed-e85c93d5/plugin/registryauth has ready-made functions
+// (static credentials, a docker CLI config file with credential helpers, an
+// encoded X-Registry-Auth value). The Controller never logs the config and
+// never puts it in an error.
+func WithRegistryAuth(fn func(ctx context.Context, ref reference.Named) (*registry.AuthConfig, error)) Option {
+	return func(o *options) { o.auth = fn }
+}
+
+// WithEnableTimeout sets how long the Backend may wait for the plugin to
+// activate when Start enables it (backend.PluginEnableConfig.Timeout, in
+// whole seconds, rounded up). The default is DefaultEnableTimeout;
+// d <= 0 keeps the default.
+func WithEnableTimeout(d time.Duration) Option {
+	return func(o *options) {
+		if d > 0 {
+			o.enableTimeout = d
+		}
+	}
+}
+
+// WithProgress sends the Backend's pull and upgrade progress to w. The
+// default discards it. Controllers of different tasks may write at the same
+// time, so a w shared between them must be safe for concurrent use.
+func WithProgress(w io.Writer) Option {
+	return func(o *options) {
+		if w != nil {
+			o.progress = w
+		}
+	}
+}
+
+// WithLogger makes the Controller log through l instead of log.G(ctx) of
+// each call's context. Either way every line carries the task, service,
+// plugin name and (once known) plugin ID.
+func WithLogger(l *log.Entry) Option {
+	return func(o *options) { o.logger = l }
+}
+
+// NewController returns a new cluster plugin controller for task t, which
+// must carry a generic runtime of kind "plugin" whose payload is a
+// runtime.PluginSpec. It is New(backend, t) with no options.
+//
+// Errors are classified invalid argument (cerrdefs.IsInvalidArgument) and
+// match ErrInvalidSpec: a nil backend or task, another runtime, a payload
+// that does not decode, a remote or name that is not a valid reference.
 func NewController(backend Backend, t *api.Task) (*Controller, error) {
-	spec, err := readSpec(t)
+	return New(backend, t)
+}
+
+// New returns a new cluster plugin controller for task t, configured by
+// opts. See NewController for the errors.
+func New(backend Backend, t *api.Task, opts ...Option) (*Controller, error) {
+	if backend == nil {
+		return nil, withDetail(ErrInvalidSpec, "nil backend", nil)
+	}
+	spec, remote, err := readSpec(t)
 	if err != nil {
 		return nil, err
 	}
-	return &Controller{
-		backend:   backend,
-		spec:      spec,
-		serviceID: t.ServiceID,
-		logger: log.G(context.TODO()).WithFields(log.Fields{
-			"controller": "plugin",
-			"task":       t.ID,
-			"plugin":     spec.Name,
-		}),
-	}, nil
+	c := &Controller{
+		backend:  backend,
+		spec:     spec,
+		remote:   remote,
+		taskID:   t.ID,
+		service:  t.ServiceID,
+		opts:     options{enableTimeout: DefaultEnableTimeout, progress: io.Discard},
+		closedCh: make(chan struct{}),
+		lockKey:  lockKey(spec.Name),
+	}
+	for _, o := range opts {
+		if o != nil {
+			o(&c.opts)
+		}
+	}
+	return c, nil
 }
 
-func readSpec(t *api.Task) (runtime.PluginSpec, error) {
-	var cfg runtime.PluginSpec
-
+// readSpec decodes and validates the plugin spec a task carries; it
+// defaults Name to the remote, as upstream's Prepare does.
+func readSpec(t *api.Task) (runtime.PluginSpec, reference.Named, error) {
+	var spec runtime.PluginSpec
+	if t == nil {
+		return spec, nil, withDetail(ErrInvalidSpec, "nil task", nil)
+	}
 	generic := t.Spec.GetGeneric()
-	if err := proto.Unmarshal(generic.Payload.Value, &cfg); err != nil {
-		return cfg, errors.Wrap(err, "error reading plugin spec")
+	if generic == nil {
+		return spec, nil, withDetail(ErrInvalidSpec, fmt.Sprintf("task %s: runtime %s is not a generic plugin runtime", t.ID, runtimeName(t.Spec.Runtime)), nil)
+	}
+	if generic.Kind != RuntimeKind {
+		return spec, nil, withDetail(ErrInvalidSpec, fmt.Sprintf("task %s: generic runtime kind %q is not %q", t.ID, generic.Kind, RuntimeKind), nil)
+	}
+	if generic.Payload == nil {
+		return spec, nil, withDetail(ErrInvalidSpec, fmt.Sprintf("task %s: generic runtime has no payload", t.ID), nil)
+	}
+	if err := proto.Unmarshal(generic.Payload.Value, &spec); err != nil {
+		return spec, nil, withDetail(ErrInvalidSpec, "error reading plugin spec", err)
+	}
+	remote, err := reference.ParseNormalizedNamed(spec.Remote)
+	if err != nil {
+		return spec, nil, withDetail(ErrInvalidSpec, fmt.Sprintf("error parsing remote reference %q", spec.Remote), err)
+	}
+	if spec.Name == "" {
+		spec.Name = remote.String()
+	} else if _, err := reference.ParseNormalizedNamed(spec.Name); err != nil {
+		return spec, nil, withDetail(ErrInvalidSpec, fmt.Sprintf("error parsing plugin name %q", spec.Name), err)
+	}
+	return spec, remote, nil
+}
+
+func runtimeName(r any) string {
+	if r == nil || reflect.ValueOf(r).IsNil() {
+		return "<none>"
+	}
+	return fmt.Sprintf("%T", r)
+}
+
+// logger returns the logger for one call, with the task's fields.
+func (p *Controller) logger(ctx context.Context) *log.Entry {
+	l := p.opts.logger
+	if l == nil {
+		l = log.G(ctx)
+	}
+	fields := log.Fields{
+		"controller": "plugin",
+		"task":       p.taskID,
+		"service":    p.service,
+		"plugin":     p.spec.Name,
+	}
+	if id := p.boundID(); id != "" {
+		fields["plugin.id"] = id
+	}
+	return l.WithFields(fields)
+}
+
+// enter checks that the Controller may still act.
+func (p *Controller) enter() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.closed:
+		return exec.ErrControllerClosed
+	case p.removed:
+		return ErrTaskRemoved
+	}
+	return nil
+}
+
+func (p *Controller) boundID() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.pluginID
+}
+
+// Update is the update phase from swarmkit. It has no effect: a plugin
+// task's spec never changes in place, swarmkit replaces the task instead.
+func (p *Controller) Update(ctx context.Context, t *api.Task) error {
+	if err := p.enter(); err != nil {
+		return err
+	}
+	p.logger(ctx).Debug("Update")
+	return nil
+}
+
+// Prepare is the prepare phase from swarmkit. It installs the plugin the
+// spec names, or brings this service's installed plugin to the spec's
+// remote, and takes the task's reference on it.
+//
+//   - No plugin of that name: Pull it with the spec's privileges and env,
+//     owned by the task's service (plugin.WithSwarmService).
+//   - A plugin of that name owned by another service, or by nobody (a person
+//     installed it): fail with ErrPluginExists and leave it alone.
+//   - This service's plugin: take the reference, then (unless the remote is
+//     pinned by digest and already installed) disable it if enabled and
+//     Upgrade it; apply the spec's Env when the Backend is a Setter. If the
+//     upgrade fails, a plugin that was enabled is enabled again.
+//
+// Prepare may be called again after an error (swarmkit retries temporary
+// errors); the task still holds exactly one reference.
+func (p *Controller) Prepare(ctx context.Context) error {
+	p.opMu.Lock()
+	defer p.opMu.Unlock()
+	if err := p.enter(); err != nil {
+		return err
+	}
+	defer pluginLocks.lock(p.lockKey)()
+	logger := p.logger(ctx)
+	logger.Debug("Prepare")
+
+	pl, err := p.backend.Get(p.spec.Name)
+	switch {
+	case err == nil && pl == nil:
+		return withDetail(errBackend, "Get returned neither a plugin nor an error", nil)
+	case err == nil:
+		return p.prepareExisting(ctx, pl)
+	case !cerrdefs.IsNotFound(err):
+		return backendError(fmt.Sprintf("error looking up plugin %s", p.spec.Name), err)
+	}
+
+	auth, err := p.authFor(ctx)
+	if err != nil {
+		return err
+	}
+	privs := convertPrivileges(p.spec.Privileges)
+	if err := p.backend.Pull(ctx, p.remote, p.spec.Name, nil, auth, privs, p.opts.progress,
+		plugin.WithSwarmService(p.service), plugin.WithEnv(p.spec.Env)); err != nil {
+		if cerrdefs.IsConflict(err) || cerrdefs.IsAlreadyExists(err) {
+			// Installed between our Get and Pull (by another task of this
+			// service, or by someone else): retry, and the next Prepare
+			// takes the existing-plugin path with its ownership check.
+			return exec.MakeTemporary(backendError(fmt.Sprintf("error pulling plugin %s", p.spec.Name), err))
+		}
+		return backendError(fmt.Sprintf("error pulling plugin %s from %s", p.spec.Name, reference.FamiliarString(p.remote)), err)
+	}
+	pl, err = p.bind(p.spec.Name)
+	if err != nil {
+		if cerrdefs.IsNotFound(err) {
+			// Removed between our Pull and bind: pull again.
+			return exec.MakeTemporary(err)
+		}
+		return err
+	}
+	p.logger(ctx).WithField("remote", reference.FamiliarString(p.remote)).Info("plugin pulled")
+	return nil
+}
+
+// prepareExisting handles Prepare for a plugin that is already installed.
+func (p *Controller) prepareExisting(ctx context.Context, found *v2.Plugin) error {
+	if found.SwarmServiceID != p.service || p.service == "" {
+		return withDetail(ErrPluginExists, p.spec.Name, nil)
+	}
+	pl, err := p.bind(found.GetID())
+	if err != nil {
+		return err
+	}
+	logger := p.logger(ctx)
+
+	if _, pinned := p.remote.(reference.Canonical); pinned && pl.PluginObj.PluginReference == p.remote.String() {
+		missing := missingEnv(pl.PluginObj.Settings.Env, p.spec.Env)
+		if _, ok := p.backend.(Setter); !ok || len(missing) == 0 {
+			logger.Debug("plugin already at the pinned digest; nothing to do")
+			return nil
+		}
+		// Only the env differs: it can be set once the plugin is disabled.
+		if err := p.disableForChange(ctx, pl, "change its settings"); err != nil {
+			return err
+		}
+		return p.applyEnv(ctx, pl.GetID(), missing)
+	}
+
+	wasEnabled := pl.IsEnabled()
+	if err := p.disableForChange(ctx, pl, "upgrade it"); err != nil {
+		return err
+	}
+	auth, err := p.authFor(ctx)
+	if err == nil {
+		err = p.backend.Upgrade(ctx, p.remote, p.spec.Name, nil, auth, convertPrivileges(p.spec.Privileges), p.opts.progress)
+		if err != nil {
+			err = backendError(fmt.Sprintf("error upgrading plugin %s to %s", p.spec.Name, reference.FamiliarString(p.remote)), err)
+		}
+	}
+	if err != nil {
+		if wasEnabled {
+			p.reenable(ctx, pl.GetID())
+		}
+		return err
+	}
+	logger.WithField("remote", reference.FamiliarString(p.remote)).Info("plugin upgraded")
+	if _, ok := p.backend.(Setter); ok {
+		if missing := missingEnv(pl.PluginObj.Settings.Env, p.spec.Env); len(missing) > 0 {
+			return p.applyEnv(ctx, pl.GetID(), missing)
+		}
+	}
+	return nil
+}
+
+// disableForChange disables an enabled plugin so that it can be upgraded or
+// reconfigured, unless references other than this service's tasks hold it.
+func (p *Controller) disableForChange(ctx context.Context, pl *v2.Plugin, why string) error {
+	if !pl.IsEnabled() {
+		return nil
+	}
+	if err := p.disable(ctx, pl); err != nil {
+		return fmt.Errorf("cannot disable plugin %s to %s: %w", p.spec.Name, why, err)
+	}
+	return nil
+}
+
+// disable force-disables pl when every reference on it belongs to this
+// service's tasks on this node. The Manager refuses a plain Disable while
+// any reference exists, and our own tasks' references are among them, so a
+// plain Disable could never succeed; a forced one is safe exactly when no
+// one else (a volume, a network, a log driver) uses the plugin.
+func (p *Controller) disable(ctx context.Context, pl *v2.Plugin) error {
+	id := pl.GetID()
+	if others := pl.GetRefCount() - holders.count(p.backend, id); others > 0 {
+		return exec.MakeTemporary(withDetail(ErrPluginInUse, fmt.Sprintf("%s has %d reference(s) besides service %s's tasks", p.spec.Name, others, p.service), nil))
+	}
+	if err := p.backend.Disable(id, &backend.PluginDisableConfig{ForceDisable: true}); err != nil {
+		if !pl.IsEnabled() {
+			return nil // someone else disabled it meanwhile
+		}
+		return backendError(fmt.Sprintf("error disabling plugin %s", p.spec.Name), err)
+	}
+	p.logger(ctx).Info("plugin disabled")
+	return nil
+}
+
+// reenable restores a plugin that Prepare disabled before a failed upgrade.
+func (p *Controller) reenable(ctx context.Context, id string) {
+	err := p.backend.Enable(id, &backend.PluginEnableConfig{Timeout: p.enableTimeoutSeconds()})
+	if err != nil {
+		p.logger(ctx).WithError(err).Warn("could not re-enable plugin after a failed upgrade")
+		return
+	}
+	p.logger(ctx).Info("plugin re-enabled after a failed upgrade")
+}
+
+func (p *Controller) applyEnv(ctx context.Context, id string, env []string) error {
+	if err := p.backend.(Setter).Set(id, env); err != nil {
+		return backendError(fmt.Sprintf("error setting env of plugin %s", p.spec.Name), err)
+	}
+	p.logger(ctx).WithField("env.keys", envKeys(env)).Info("plugin env updated")
+	return nil
+}
+
+// authFor asks the WithRegistryAuth function for the remote's credentials.
+func (p *Controller) authFor(ctx context.Context) (*registry.AuthConfig, error) {
+	if p.opts.auth == nil {
+		return &registry.AuthConfig{}, nil
+	}
+	cfg, err := p.opts.auth(ctx, p.remote)
+	if err != nil {
+		wrapped := &causeError{msg: fmt.Sprintf("error getting registry credentials for %s", reference.Domain(p.remote)), cause: err}
+		if isTransient(err) {
+			return nil, exec.MakeTemporary(wrapped)
+		}
+		return nil, wrapped
+	}
+	if cfg == nil {
+		cfg = &registry.AuthConfig{}
 	}
 	return cfg, nil
 }
 
-// Update is the update phase from swarmkit
-func (p *Controller) Update(ctx context.Context, t *api.Task) error {
-	p.logger.Debug("Update")
-	return nil
+// bind resolves the task's plugin by name or ID, checks that this task's
+// service owns it, records it as the task's plugin and takes the task's
+// reference on it unless the task already holds one.
+func (p *Controller) bind(nameOrID string) (*v2.Plugin, error) {
+	holders.mu.Lock()
+	defer holders.mu.Unlock()
+	pl, err := p.backend.Get(nameOrID)
+	if err != nil {
+		return nil, backendError(fmt.Sprintf("error looking up plugin %s", p.spec.Name), err)
+	}
+	if pl == nil {
+		return nil, withDetail(errBackend, "Get returned neither a plugin nor an error", nil)
+	}
+	id := pl.GetID()
+	if id == "" {
+		return nil, withDetail(errBackend, "plugin has an empty ID", nil)
+	}
+	if pl.SwarmServiceID != p.service || p.service == "" {
+		return nil, withDetail(ErrPluginExists, p.spec.Name, nil)
+	}
+	holders.acquireLocked(p.backend, pl, p.taskID)
+	p.mu.Lock()
+	p.pluginID = id
+	p.mu.Unlock()
+	return pl, nil
 }
 
-// Prepare is the prepare phase from swarmkit
-func (p *Controller) Prepare(ctx context.Context) (retErr error) {
-	p.logger.Debug("Prepare")
-
-	remote, err := reference.ParseNormalizedNamed(p.spec.Remote)
-	if err != nil {
-		return errors.Wrapf(err, "error parsing remote reference %q", p.spec.Remote)
+// current returns the task's plugin, binding to it first when the task was
+// resumed on a new Controller (swarmkit calls Start or Wait without Prepare
+// after an agent restart).
+func (p *Controller) current() (*v2.Plugin, error) {
+	if id := p.boundID(); id != "" {
+		return p.bind(id)
 	}
-
-	if p.spec.Name == "" {
-		p.spec.Name = remote.String()
-	}
-
-	var authConfig registry.AuthConfig
-	privs := convertPrivileges(p.spec.Privileges)
-
-	pl, err := p.backend.Get(p.spec.Name)
-
-	defer func() {
-		if pl != nil && retErr == nil {
-			pl.Acquire()
-		}
-	}()
-
-	if err == nil && pl != nil {
-		if pl.SwarmServiceID != p.serviceID {
-			return errors.Errorf("plugin already exists: %s", p.spec.Name)
-		}
-		if pl.IsEnabled() {
-			if err := p.backend.Disable(pl.GetID(), &backend.PluginDisableConfig{ForceDisable: true}); err != nil {
-				p.logger.WithError(err).Debug("could not disable plugin before running upgrade")
-			}
-		}
-		p.pluginID = pl.GetID()
-		return p.backend.Upgrade(ctx, remote, p.spec.Name, nil, &authConfig, privs, io.Discard)
-	}
-
-	if err := p.backend.Pull(ctx, remote, p.spec.Name, nil, &authConfig, privs, io.Discard, plugin.WithSwarmService(p.serviceID), plugin.WithEnv(p.spec.Env)); err != nil {
-		return err
-	}
-	pl, err = p.backend.Get(p.spec.Name)
-	if err != nil {
-		return err
-	}
-	p.pluginID = pl.GetID()
-
-	return nil
+	return p.bind(p.spec.Name)
 }
 
-// Start is the start phase from swarmkit
+// Start is the start phase from swarmkit. It brings the plugin to the
+// spec's state: enabled (waiting up to the enable timeout for it to
+// activate), or disabled when the spec says Disabled.
+//
+// Disabling is forced, because the Manager counts this service's own task
+// references as users; it is refused with a temporary ErrPluginInUse while
+// references other than this service's tasks hold the plugin.
 func (p *Controller) Start(ctx context.Context) error {
-	p.logger.Debug("Start")
+	p.opMu.Lock()
+	defer p.opMu.Unlock()
+	if err := p.enter(); err != nil {
+		return err
+	}
+	defer pluginLocks.lock(p.lockKey)()
+	p.logger(ctx).Debug("Start")
 
-	pl, err := p.backend.Get(p.pluginID)
+	pl, err := p.current()
 	if err != nil {
 		return err
 	}
-
 	if p.spec.Disabled {
-		if pl.IsEnabled() {
-			return p.backend.Disable(p.pluginID, &backend.PluginDisableConfig{ForceDisable: false})
-		}
+		return p.disableForChange(ctx, pl, "match the spec")
+	}
+	if pl.IsEnabled() {
 		return nil
 	}
-	if !pl.IsEnabled() {
-		return p.backend.Enable(p.pluginID, &backend.PluginEnableConfig{Timeout: 30})
+	if err := p.backend.Enable(pl.GetID(), &backend.PluginEnableConfig{Timeout: p.enableTimeoutSeconds()}); err != nil {
+		if pl.IsEnabled() {
+			return nil // enabled meanwhile, by another task of the service
+		}
+		return backendError(fmt.Sprintf("error enabling plugin %s", p.spec.Name), err)
 	}
+	p.logger(ctx).Info("plugin enabled")
 	return nil
 }
 
-// Wait causes the task to wait until returned
-func (p *Controller) Wait(ctx context.Context) error {
-	p.logger.Debug("Wait")
+func (p *Controller) enableTimeoutSeconds() int {
+	return int((p.opts.enableTimeout + time.Second - 1) / time.Second)
+}
 
-	pl, err := p.backend.Get(p.pluginID)
-	if err != nil {
+// Wait causes the task to wait until returned. It watches the plugin and
+// returns:
+//
+//   - ErrMismatchedState at once if the plugin's state is not the spec's;
+//   - ErrPluginEnabled or ErrPluginDisabled when the plugin changes to the
+//     state opposite to the spec, ErrPluginRemoved when it is removed
+//     (events that confirm the spec are ignored);
+//   - ctx.Err() when ctx ends, exec.ErrControllerClosed when Close is called;
+//   - a temporary error if the Backend closes the event stream.
+//
+// Waiting costs no CPU: it blocks on the Backend's event channel.
+func (p *Controller) Wait(ctx context.Context) error {
+	if err := p.enter(); err != nil {
 		return err
 	}
+	p.logger(ctx).Debug("Wait")
 
-	events, cancel := p.backend.SubscribeEvents(1, plugin.EventDisable{Plugin: pl.PluginObj}, plugin.EventRemove{Plugin: pl.PluginObj}, plugin.EventEnable{Plugin: pl.PluginObj})
-	defer cancel()
+	p.opMu.Lock()
+	pl, err := p.current()
+	p.opMu.Unlock()
+	if err != nil {
+		if cerrdefs.IsNotFound(err) {
+			return withDetail(ErrPluginRemoved, "", err)
+		}
+		return err
+	}
+	id := pl.GetID()
+	watched := types.Plugin{ID: id}
+	events, cancel := p.backend.SubscribeEvents(1, plugin.EventDisable{Plugin: watched}, plugin.EventRemove{Plugin: watched}, plugin.EventEnable{Plugin: watched})
+	if cancel != nil {
+		defer cancel()
+	}
+	if events == nil {
+		return withDetail(errBackend, "SubscribeEvents returned a nil channel", nil)
+	}
 
 	if !p.spec.Disabled != pl.IsEnabled() {
-		return errors.New("mismatched plugin state")
+		return ErrMismatchedState
 	}
 
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case e := <-events:
-			p.logger.Debugf("got event %T", e)
-
+		case <-p.closedCh:
+			return exec.ErrControllerClosed
+		case e, ok := <-events:
+			if !ok {
+				return exec.MakeTemporary(withDetail(errBackend, "plugin event stream closed", cerrdefs.ErrUnavailable))
+			}
 			switch e.(type) {
 			case plugin.EventEnable:
 				if p.spec.Disabled {
-					return errors.New("plugin enabled")
+					return ErrPluginEnabled
 				}
 			case plugin.EventRemove:
-				return errors.New("plugin removed")
+				return ErrPluginRemoved
 			case plugin.EventDisable:
 				if !p.spec.Disabled {
-					return errors.New("plugin disabled")
+					return ErrPluginDisabled
 				}
 			}
+			p.logger(ctx).Debugf("ignoring event %T that matches the spec", e)
 		}
 	}
 }
 
-func isNotFound(err error) bool {
-	return cerrdefs.IsNotFound(err)
-}
-
-// Shutdown is the shutdown phase from swarmkit
+// Shutdown is the shutdown phase from swarmkit. It has no effect: the plugin
+// is shared with the service's other tasks and outlives this one.
 func (p *Controller) Shutdown(ctx context.Context) error {
-	p.logger.Debug("Shutdown")
-	return nil
-}
-
-// Terminate is the terminate phase from swarmkit
-func (p *Controller) Terminate(ctx context.Context) error {
-	p.logger.Debug("Terminate")
-	return nil
-}
-
-// Remove is the remove phase from swarmkit
-func (p *Controller) Remove(ctx context.Context) error {
-	p.logger.Debug("Remove")
-
-	pl, err := p.backend.Get(p.pluginID)
-	if err != nil {
-		if isNotFound(err) {
-			return nil
-		}
+	if err := p.enter(); err != nil && !errors.Is(err, ErrTaskRemoved) {
 		return err
 	}
-
-	pl.Release()
-	if pl.GetRefCount() > 0 {
-		p.logger.Debug("skipping remove due to ref count")
-		return nil
-	}
-
-	// This may error because we have exactly 1 plugin, but potentially multiple
-	// tasks which are calling remove.
-	err = p.backend.Remove(p.pluginID, &backend.PluginRmConfig{ForceRemove: true})
-	if isNotFound(err) {
-		return nil
-	}
-	return err
+	p.logger(ctx).Debug("Shutdown")
+	return nil
 }
 
-// Close is the close phase from swarmkit
+// Terminate is the terminate phase from swarmkit. It has no effect, like
+// Shutdown.
+func (p *Controller) Terminate(ctx context.Context) error {
+	if err := p.enter(); err != nil && !errors.Is(err, ErrTaskRemoved) {
+		return err
+	}
+	p.logger(ctx).Debug("Terminate")
+	return nil
+}
+
+// Remove is the remove phase from swarmkit. It releases the task's reference
+// (at most once, however often Remove is called) and removes the plugin when
+// no reference remains, forcing the removal since the plugin may be enabled.
+// It finds the plugin from the task's spec when the task was never bound on
+// this Controller, and never removes a plugin its service does not own. A
+// plugin that is already gone is success.
+func (p *Controller) Remove(ctx context.Context) error {
+	p.opMu.Lock()
+	defer p.opMu.Unlock()
+	p.mu.Lock()
+	closed, removed, id := p.closed, p.removed, p.pluginID
+	p.mu.Unlock()
+	if closed {
+		return exec.ErrControllerClosed
+	}
+	if removed {
+		return nil
+	}
+	logger := p.logger(ctx)
+	logger.Debug("Remove")
+
+	defer pluginLocks.lock(p.lockKey)()
+	holders.mu.Lock()
+	defer holders.mu.Unlock()
+	nameOrID := id
+	if nameOrID == "" {
+		nameOrID = p.spec.Name
+	}
+	pl, err := p.backend.Get(nameOrID)
+	switch {
+	case cerrdefs.IsNotFound(err):
+		holders.forgetLocked(p.backend, id, p.taskID)
+		p.markRemoved()
+		return nil
+	case err != nil:
+		return backendError(fmt.Sprintf("error looking up plugin %s", p.spec.Name), err)
+	case pl == nil:
+		return withDetail(errBackend, "Get returned neither a plugin nor an error", nil)
+	}
+	if pl.SwarmServiceID != p.service || p.service == "" || (id != "" && pl.GetID() != id) {
+		// Not ours (any more): someone else's plugin now has the name.
+		holders.forgetLocked(p.backend, id, p.taskID)
+		p.markRemoved()
+		logger.Debug("plugin is not this service's; leaving it alone")
+		return nil
+	}
+	holders.releaseLocked(p.backend, pl, p.taskID)
+	if n := pl.GetRefCount(); n > 0 {
+		p.markRemoved()
+		logger.WithField("references", n).Debug("plugin still in use; keeping it")
+		return nil
+	}
+	if err := p.backend.Remove(pl.GetID(), &backend.PluginRmConfig{ForceRemove: true}); err != nil && !cerrdefs.IsNotFound(err) {
+		// The reference is released; a retried Remove must not release
+		// again, only retry the removal.
+		p.mu.Lock()
+		p.pluginID = pl.GetID()
+		p.mu.Unlock()
+		return backendError(fmt.Sprintf("error removing plugin %s", p.spec.Name), err)
+	}
+	p.markRemoved()
+	logger.Info("plugin removed")
+	return nil
+}
+
+func (p *Controller) markRemoved() {
+	p.mu.Lock()
+	p.removed = true
+	p.mu.Unlock()
+}
+
+// Close is the close phase from swarmkit. It is idempotent and returns nil;
+// afterwards every other method returns exec.ErrControllerClosed, and a Wait
+// in flight returns it too. Close does not release the task's reference:
+// that is Remove's job, which swarmkit calls before Close.
 func (p *Controller) Close() error {
-	p.logger.Debug("Close")
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.closed {
+		p.closed = true
+		close(p.closedCh)
+	}
 	return nil
 }
 
 func convertPrivileges(ls []*runtime.PluginPrivilege) types.PluginPrivileges {
 	var out types.PluginPrivileges
 	for _, p := range ls {
+		if p == nil {
+			continue
+		}
 		pp := types.PluginPrivilege{
 			Name:        p.Name,
 			Description: p.Description,
@@ -238,4 +691,146 @@ func convertPrivileges(ls []*runtime.PluginPrivilege) types.PluginPrivileges {
 		out = append(out, pp)
 	}
 	return out
+}
+
+// missingEnv returns the entries of want ("KEY=VALUE") that have is lacking.
+func missingEnv(have, want []string) []string {
+	set := make(map[string]bool, len(have))
+	for _, kv := range have {
+		set[kv] = true
+	}
+	var missing []string
+	for _, kv := range want {
+		if !set[kv] {
+			missing = append(missing, kv)
+		}
+	}
+	return missing
+}
+
+// envKeys returns the keys of env entries, for logging without values.
+func envKeys(env []string) []string {
+	keys := make([]string, 0, len(env))
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+// holders records which tasks hold a reference on which plugin, per
+// Backend, so that each task holds exactly one reference however many
+// Controllers swarmkit creates for it (a new one after every agent
+// restart), and so that Start can tell this service's references from other
+// users'. Acquire and Release on a plugin happen only under holders.mu.
+var holders = holderTable{m: make(map[holderKey]map[string]struct{})}
+
+type holderTable struct {
+	mu sync.Mutex
+	m  map[holderKey]map[string]struct{} // task IDs
+}
+
+type holderKey struct {
+	backend  any // the Backend when comparable, nil otherwise
+	pluginID string
+}
+
+func keyFor(b Backend, id string) holderKey {
+	k := holderKey{pluginID: id}
+	if reflect.TypeOf(b).Comparable() {
+		k.backend = b
+	}
+	return k
+}
+
+func (h *holderTable) count(b Backend, id string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.m[keyFor(b, id)])
+}
+
+func (h *holderTable) acquireLocked(b Backend, pl *v2.Plugin, taskID string) {
+	k := keyFor(b, pl.GetID())
+	tasks := h.m[k]
+	if _, ok := tasks[taskID]; ok {
+		return
+	}
+	if tasks == nil {
+		tasks = make(map[string]struct{})
+		h.m[k] = tasks
+	}
+	tasks[taskID] = struct{}{}
+	pl.Acquire()
+}
+
+func (h *holderTable) releaseLocked(b Backend, pl *v2.Plugin, taskID string) {
+	k := keyFor(b, pl.GetID())
+	tasks := h.m[k]
+	if _, ok := tasks[taskID]; !ok {
+		return
+	}
+	delete(tasks, taskID)
+	if len(tasks) == 0 {
+		delete(h.m, k)
+	}
+	pl.Release()
+}
+
+func (h *holderTable) forgetLocked(b Backend, id, taskID string) {
+	if id == "" {
+		return
+	}
+	k := keyFor(b, id)
+	delete(h.m[k], taskID)
+	if len(h.m[k]) == 0 {
+		delete(h.m, k)
+	}
+}
+
+// lockKey normalises a plugin name the way the Manager does, so that "vol"
+// and "vol:latest" share a lock.
+func lockKey(name string) string {
+	ref, err := reference.ParseNormalizedNamed(name)
+	if err != nil {
+		return name
+	}
+	return reference.FamiliarString(reference.TagNameOnly(ref))
+}
+
+// pluginLocks serialises the steps that change one plugin (Prepare, Start,
+// Remove) across all the Controllers of a process: a disable followed by an
+// upgrade must not interleave with another task's enable.
+var pluginLocks = keyedMutex{m: make(map[string]*keyedEntry)}
+
+type keyedMutex struct {
+	mu sync.Mutex
+	m  map[string]*keyedEntry
+}
+
+type keyedEntry struct {
+	mu    sync.Mutex
+	users int
+}
+
+// lock locks key and returns the function that unlocks it.
+func (k *keyedMutex) lock(key string) (unlock func()) {
+	k.mu.Lock()
+	e := k.m[key]
+	if e == nil {
+		e = &keyedEntry{}
+		k.m[key] = e
+	}
+	e.users++
+	k.mu.Unlock()
+
+	e.mu.Lock()
+	return func() {
+		e.mu.Unlock()
+		k.mu.Lock()
+		e.users--
+		if e.users == 0 {
+			delete(k.m, key)
+		}
+		k.mu.Unlock()
+	}
 }

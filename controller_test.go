@@ -1,0 +1,1164 @@
+package plugin_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/distribution/reference"
+	"github.com/docker/docker/api/types"
+	"github.com/docker/docker/api/types/backend"
+	"github.com/docker/docker/api/types/registry"
+	"github.com/docker/docker/api/types/swarm/runtime"
+	upstream "github.com/docker/docker/daemon/cluster/controllers/plugin"
+	dockererrdefs "github.com/docker/docker/errdefs"
+	mobyplugin "github.com/docker/docker/plugin"
+	v2 "github.com/docker/docker/plugin/v2"
+	"github.com/gogo/protobuf/proto"
+	gogotypes "github.com/gogo/protobuf/types"
+	"github.com/moby/swarmkit/v2/agent/exec"
+	"github.com/moby/swarmkit/v2/api"
+	"github.com/sirupsen/logrus"
+	"go.uber.org/goleak"
+	"gotest.tools/v3/assert"
+	is "gotest.tools/v3/assert/cmp"
+
+	plugin "github.com/seed-e85c93d5/plugin"
+	"github.com/seed-e85c93d5/plugin/plugintest"
+)
+
+// The drop-in contract, checked by the compiler.
+var (
+	// moby's real manager is a Backend (and a Setter).
+	_ plugin.Backend = (*mobyplugin.Manager)(nil)
+	_ plugin.Setter  = (*mobyplugin.Manager)(nil)
+	// Backend has exactly upstream's method set.
+	_ plugin.Backend   = upstream.Backend(nil)
+	_ upstream.Backend = plugin.Backend(nil)
+	// The constructor keeps upstream's signature.
+	_ func(plugin.Backend, *api.Task) (*plugin.Controller, error)     = plugin.NewController
+	_ func(upstream.Backend, *api.Task) (*upstream.Controller, error) = upstream.NewController
+	// A Controller is a swarmkit task controller.
+	_ exec.Controller = (*plugin.Controller)(nil)
+	// The fake is a Backend and a Setter.
+	_ plugin.Backend = (*plugintest.Backend)(nil)
+	_ plugin.Setter  = (*plugintest.Backend)(nil)
+)
+
+func TestMain(m *testing.M) {
+	// Controllers log through log.G(ctx); keep the test output readable.
+	logrus.SetOutput(io.Discard)
+	goleak.VerifyTestMain(m)
+}
+
+const (
+	service = "svc-1"
+	remote  = "example.com/acme/vol:1.0"
+	remote2 = "example.com/acme/vol:2.0"
+	name    = "vol"
+)
+
+// task builds a plugin task the way the Docker daemon encodes it.
+func task(t testing.TB, id, serviceID string, spec runtime.PluginSpec) *api.Task {
+	t.Helper()
+	payload, err := proto.Marshal(&spec)
+	assert.NilError(t, err)
+	return &api.Task{
+		ID:        id,
+		ServiceID: serviceID,
+		Spec: api.TaskSpec{Runtime: &api.TaskSpec_Generic{Generic: &api.GenericRuntimeSpec{
+			Kind:    "plugin",
+			Payload: &gogotypes.Any{TypeUrl: "types.docker.com/RuntimePlugin", Value: payload},
+		}}},
+	}
+}
+
+func newController(t testing.TB, b plugin.Backend, id string, spec runtime.PluginSpec, opts ...plugin.Option) *plugin.Controller {
+	t.Helper()
+	c, err := plugin.New(b, task(t, id, service, spec), opts...)
+	assert.NilError(t, err)
+	return c
+}
+
+func spec(r string, disabled bool) runtime.PluginSpec {
+	return runtime.PluginSpec{Name: name, Remote: r, Disabled: disabled}
+}
+
+// state returns the plugin's snapshot and reference count; found reports
+// whether it exists.
+func state(t testing.TB, b *plugintest.Backend, n string) (p types.Plugin, refs int, found bool) {
+	t.Helper()
+	p, refs, err := b.Plugin(n)
+	if cerrdefs.IsNotFound(err) {
+		return p, 0, false
+	}
+	assert.NilError(t, err)
+	return p, refs, true
+}
+
+// owner returns the service that owns the plugin (set once, at Pull).
+func owner(t testing.TB, b *plugintest.Backend, n string) string {
+	t.Helper()
+	pl, err := b.Get(n)
+	assert.NilError(t, err)
+	return pl.SwarmServiceID
+}
+
+func methods(b *plugintest.Backend) []string {
+	var out []string
+	for _, c := range b.Calls() {
+		out = append(out, c.Method)
+	}
+	return out
+}
+
+func countCalls(b *plugintest.Backend, method string) int {
+	n := 0
+	for _, c := range b.Calls() {
+		if c.Method == method {
+			n++
+		}
+	}
+	return n
+}
+
+// waitAsync runs Wait on its own goroutine and returns its result channel
+// once the Controller's subscription exists.
+func waitAsync(t testing.TB, b *plugintest.Backend, c *plugin.Controller, ctx context.Context) <-chan error {
+	t.Helper()
+	before := b.Subscribers()
+	done := make(chan error, 1)
+	go func() { done <- c.Wait(ctx) }()
+	wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := b.WaitSubscribers(wctx, before+1); err != nil {
+		select {
+		case err := <-done:
+			t.Fatalf("Wait returned before subscribing: %v", err)
+		default:
+		}
+		t.Fatalf("Wait did not subscribe: %v", err)
+	}
+	return done
+}
+
+func result(t testing.TB, done <-chan error) error {
+	t.Helper()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(10 * time.Second):
+		t.Fatal("Wait did not return")
+		return nil
+	}
+}
+
+func assertBlocked(t testing.TB, done <-chan error) {
+	t.Helper()
+	select {
+	case err := <-done:
+		t.Fatalf("Wait returned unexpectedly: %v", err)
+	default:
+	}
+}
+
+// ---- Upstream scenarios ----------------------------------------------------
+
+func TestPrepareFreshPull(t *testing.T) {
+	b := plugintest.NewBackend()
+	b.AddRemote(remote, plugintest.Remote{
+		Privileges: types.PluginPrivileges{{Name: "network", Value: []string{"host"}}},
+	})
+	s := spec(remote, false)
+	s.Env = []string{"DEBUG=1"}
+	s.Privileges = []*runtime.PluginPrivilege{{Name: "network", Value: []string{"host"}}}
+	c := newController(t, b, "task-1", s)
+
+	assert.NilError(t, c.Prepare(context.Background()))
+
+	assert.DeepEqual(t, methods(b), []string{"Get", "Pull", "Get"})
+	pull := b.Calls()[1]
+	p, refs, found := state(t, b, name)
+	assert.Assert(t, found, "pull not performed")
+	assert.Equal(t, owner(t, b, name), service)
+	assert.Equal(t, p.Name, "vol:latest")
+	assert.Assert(t, is.Contains(p.Settings.Env, "DEBUG=1"))
+	assert.Assert(t, !p.Enabled)
+	assert.Equal(t, refs, 1)
+	assert.Equal(t, pull.Ref, "example.com/acme/vol:1.0")
+	assert.Assert(t, pull.Auth != nil, "auth must be an empty config, not nil")
+	assert.DeepEqual(t, *pull.Auth, registry.AuthConfig{})
+}
+
+func TestPrepareUpgradesOwnPlugin(t *testing.T) {
+	b := plugintest.NewBackend()
+	ctx := context.Background()
+	c1 := newController(t, b, "task-1", spec(remote, false))
+	assert.NilError(t, c1.Prepare(ctx))
+	assert.NilError(t, c1.Start(ctx))
+	before, _, _ := state(t, b, name)
+
+	c2 := newController(t, b, "task-2", spec(remote2, false))
+	assert.NilError(t, c2.Prepare(ctx))
+
+	after, refs, _ := state(t, b, name)
+	assert.Equal(t, after.ID, before.ID, "upgrade must keep the plugin")
+	assert.Equal(t, after.PluginReference, "example.com/acme/vol:2.0")
+	assert.Assert(t, !after.Enabled, "upgrade needs the plugin disabled")
+	assert.Equal(t, refs, 2)
+	for _, call := range b.Calls() {
+		if call.Method == "Disable" {
+			assert.Assert(t, call.Config.(*backend.PluginDisableConfig).ForceDisable)
+		}
+	}
+	assert.Equal(t, countCalls(b, "Upgrade"), 1)
+
+	assert.NilError(t, c2.Start(ctx))
+	after, _, _ = state(t, b, name)
+	assert.Assert(t, after.Enabled)
+}
+
+func TestPrepareRefusesForeignPlugin(t *testing.T) {
+	for _, owner := range []string{"", "another-service"} {
+		t.Run("owner="+owner, func(t *testing.T) {
+			b := plugintest.NewBackend()
+			ctx := context.Background()
+			var opts []mobyplugin.CreateOpt
+			if owner != "" {
+				opts = append(opts, mobyplugin.WithSwarmService(owner))
+			}
+			ref, _ := reference.ParseNormalizedNamed(remote)
+			assert.NilError(t, b.Pull(ctx, ref, name, nil, &registry.AuthConfig{}, nil, io.Discard, opts...))
+			assert.NilError(t, b.Enable(name, &backend.PluginEnableConfig{}))
+			calls := len(b.Calls())
+
+			c := newController(t, b, "task-1", spec(remote2, true))
+			err := c.Prepare(ctx)
+			assert.ErrorIs(t, err, plugin.ErrPluginExists)
+			assert.Assert(t, cerrdefs.IsConflict(err))
+			assert.Assert(t, !exec.IsTemporary(err))
+			assert.Error(t, err, "plugin already exists: vol")
+
+			// Nothing was done to it, not even by a later Start or Remove.
+			assert.ErrorIs(t, c.Start(ctx), plugin.ErrPluginExists)
+			assert.NilError(t, c.Remove(ctx))
+			assert.DeepEqual(t, methods(b)[calls:], []string{"Get", "Get", "Get"})
+			p, refs, found := state(t, b, name)
+			assert.Assert(t, found && p.Enabled)
+			assert.Equal(t, p.PluginReference, "example.com/acme/vol:1.0")
+			assert.Equal(t, refs, 0)
+		})
+	}
+}
+
+func TestStartEnablesAndDisables(t *testing.T) {
+	b := plugintest.NewBackend()
+	ctx := context.Background()
+
+	c := newController(t, b, "task-1", spec(remote, false))
+	assert.NilError(t, c.Prepare(ctx))
+	assert.NilError(t, c.Start(ctx))
+	p, _, _ := state(t, b, name)
+	assert.Assert(t, p.Enabled, "expected plugin to be enabled")
+	assert.Equal(t, b.Calls()[len(b.Calls())-1].Config.(*backend.PluginEnableConfig).Timeout, 30)
+
+	// Start again: no change, no call that would fail.
+	n := countCalls(b, "Enable")
+	assert.NilError(t, c.Start(ctx))
+	assert.Equal(t, countCalls(b, "Enable"), n)
+
+	c = newController(t, b, "task-2", spec(remote, true))
+	assert.NilError(t, c.Prepare(ctx))
+	assert.NilError(t, c.Start(ctx))
+	p, _, _ = state(t, b, name)
+	assert.Assert(t, !p.Enabled, "expected plugin to be disabled")
+
+	c = newController(t, b, "task-3", spec(remote, false))
+	assert.NilError(t, c.Prepare(ctx))
+	assert.NilError(t, c.Start(ctx))
+	p, _, _ = state(t, b, name)
+	assert.Assert(t, p.Enabled, "expected plugin to be enabled")
+}
+
+func TestWaitCancelled(t *testing.T) {
+	b := plugintest.NewBackend()
+	c := newController(t, b, "task-1", spec(remote, true))
+	ctx := context.Background()
+	assert.NilError(t, c.Prepare(ctx))
+	assert.NilError(t, c.Start(ctx))
+
+	wctx, cancel := context.WithCancel(ctx)
+	done := waitAsync(t, b, c, wctx)
+	assertBlocked(t, done)
+	cancel()
+	assert.ErrorIs(t, result(t, done), context.Canceled)
+	assert.NilError(t, b.WaitSubscribers(ctx, 0), "Wait must cancel its subscription")
+}
+
+func TestWaitEndsOnOpposingEvent(t *testing.T) {
+	for _, disabled := range []bool{false, true} {
+		t.Run(fmt.Sprintf("disabled=%v", disabled), func(t *testing.T) {
+			b := plugintest.NewBackend()
+			c := newController(t, b, "task-1", spec(remote, disabled))
+			ctx := context.Background()
+			assert.NilError(t, c.Prepare(ctx))
+			assert.NilError(t, c.Start(ctx))
+
+			done := waitAsync(t, b, c, ctx)
+			if disabled {
+				assert.NilError(t, b.Enable(name, &backend.PluginEnableConfig{}))
+				err := result(t, done)
+				assert.ErrorIs(t, err, plugin.ErrPluginEnabled)
+				assert.Error(t, err, "plugin enabled")
+			} else {
+				assert.NilError(t, b.Disable(name, &backend.PluginDisableConfig{ForceDisable: true}))
+				err := result(t, done)
+				assert.ErrorIs(t, err, plugin.ErrPluginDisabled)
+				assert.Error(t, err, "plugin disabled")
+			}
+
+			// Start restores the spec's state; a new Wait is satisfied.
+			assert.NilError(t, c.Start(ctx))
+			wctx, cancel := context.WithCancel(ctx)
+			done = waitAsync(t, b, c, wctx)
+			assertBlocked(t, done)
+			cancel()
+			assert.ErrorIs(t, result(t, done), context.Canceled)
+		})
+	}
+}
+
+// eventBackend hands Wait a channel the test controls, to deliver events
+// the real Manager can only produce in a race (a confirming event queued
+// before Wait checked the state) or on shutdown (a closed stream).
+type eventBackend struct {
+	*plugintest.Backend
+	events     chan interface{}
+	subscribed chan struct{}
+}
+
+func (e *eventBackend) SubscribeEvents(int, ...mobyplugin.Event) (<-chan interface{}, func()) {
+	close(e.subscribed)
+	return e.events, func() {}
+}
+
+func TestWaitIgnoresConfirmingEvent(t *testing.T) {
+	fake := plugintest.NewBackend()
+	b := &eventBackend{Backend: fake, events: make(chan interface{}), subscribed: make(chan struct{})}
+	c := newController(t, b, "task-1", spec(remote, false))
+	ctx := context.Background()
+	assert.NilError(t, c.Prepare(ctx))
+	assert.NilError(t, c.Start(ctx))
+	p, _, _ := state(t, fake, name)
+
+	done := make(chan error, 1)
+	go func() { done <- c.Wait(ctx) }()
+	<-b.subscribed
+	// Unbuffered sends: each completes only when Wait receives it, so the
+	// second send proves Wait went on after the confirming event.
+	b.events <- mobyplugin.EventEnable{Plugin: p}
+	b.events <- mobyplugin.EventRemove{Plugin: p}
+	err := result(t, done)
+	assert.ErrorIs(t, err, plugin.ErrPluginRemoved)
+	assert.Error(t, err, "plugin removed")
+}
+
+func TestWaitEndsOnRemoval(t *testing.T) {
+	b := plugintest.NewBackend()
+	c := newController(t, b, "task-1", spec(remote, false))
+	ctx := context.Background()
+	assert.NilError(t, c.Prepare(ctx))
+	assert.NilError(t, c.Start(ctx))
+
+	done := waitAsync(t, b, c, ctx)
+	assert.NilError(t, b.Remove(name, &backend.PluginRmConfig{ForceRemove: true}))
+	err := result(t, done)
+	assert.ErrorIs(t, err, plugin.ErrPluginRemoved)
+	assert.Assert(t, cerrdefs.IsNotFound(err))
+	assert.Assert(t, strings.Contains(err.Error(), "removed"))
+}
+
+func TestWaitMismatchedState(t *testing.T) {
+	b := plugintest.NewBackend()
+	c := newController(t, b, "task-1", spec(remote, false))
+	ctx := context.Background()
+	assert.NilError(t, c.Prepare(ctx)) // pulled disabled, Start not run
+	err := c.Wait(ctx)
+	assert.ErrorIs(t, err, plugin.ErrMismatchedState)
+	assert.Error(t, err, "mismatched plugin state")
+	assert.NilError(t, b.WaitSubscribers(ctx, 0))
+}
+
+func TestRemoveSharedPlugin(t *testing.T) {
+	b := plugintest.NewBackend()
+	ctx := context.Background()
+	c1 := newController(t, b, "task-1", spec(remote, false))
+	assert.NilError(t, c1.Prepare(ctx))
+	assert.NilError(t, c1.Start(ctx))
+	assert.NilError(t, c1.Shutdown(ctx))
+
+	c2 := newController(t, b, "task-2", spec(remote, false))
+	assert.NilError(t, c2.Prepare(ctx))
+	assert.NilError(t, c2.Start(ctx))
+
+	assert.NilError(t, c1.Remove(ctx))
+	p, refs, found := state(t, b, name)
+	assert.Assert(t, found, "plugin removed unexpectedly")
+	assert.Assert(t, p.Enabled)
+	assert.Equal(t, refs, 1)
+
+	assert.NilError(t, c2.Shutdown(ctx))
+	assert.NilError(t, c2.Remove(ctx))
+	_, _, found = state(t, b, name)
+	assert.Assert(t, !found, "expected plugin to be removed")
+	assert.Equal(t, countCalls(b, "Remove"), 1)
+	rm := b.Calls()[len(b.Calls())-1]
+	assert.Equal(t, rm.Method, "Remove")
+	assert.Assert(t, rm.Config.(*backend.PluginRmConfig).ForceRemove)
+}
+
+func TestLifecycleMethodsWithoutEffect(t *testing.T) {
+	b := plugintest.NewBackend()
+	ctx := context.Background()
+	c := newController(t, b, "task-1", spec(remote, false))
+	assert.NilError(t, c.Update(ctx, task(t, "task-1", service, spec(remote2, false))))
+	assert.NilError(t, c.Shutdown(ctx))
+	assert.NilError(t, c.Terminate(ctx))
+	assert.Equal(t, len(b.Calls()), 0)
+	assert.NilError(t, c.Close())
+}
+
+// ---- Bad input ---------------------------------------------------------------
+
+func TestNewControllerRejectsBadInput(t *testing.T) {
+	good := task(t, "t", service, spec(remote, false))
+	withSpec := func(set func(*api.TaskSpec)) *api.Task {
+		tk := *good
+		set(&tk.Spec)
+		return &tk
+	}
+	generic := func(kind string, payload *gogotypes.Any) *api.Task {
+		return withSpec(func(s *api.TaskSpec) {
+			s.Runtime = &api.TaskSpec_Generic{Generic: &api.GenericRuntimeSpec{Kind: kind, Payload: payload}}
+		})
+	}
+	cases := map[string]*api.Task{
+		"nil task":   nil,
+		"no runtime": withSpec(func(s *api.TaskSpec) { s.Runtime = nil }),
+		"container runtime": withSpec(func(s *api.TaskSpec) {
+			s.Runtime = &api.TaskSpec_Container{Container: &api.ContainerSpec{Image: "busybox"}}
+		}),
+		"attachment runtime": withSpec(func(s *api.TaskSpec) { s.Runtime = &api.TaskSpec_Attachment{Attachment: &api.NetworkAttachmentSpec{}} }),
+		"nil generic":        withSpec(func(s *api.TaskSpec) { s.Runtime = &api.TaskSpec_Generic{} }),
+		"other kind":         generic("csi", good.Spec.GetGeneric().Payload),
+		"no payload":         generic("plugin", nil),
+		"garbage payload":    generic("plugin", &gogotypes.Any{Value: []byte{0xff, 0xff, 0xff}}),
+		"empty remote":       task(t, "t", service, runtime.PluginSpec{Name: name}),
+		"bad remote":         task(t, "t", service, runtime.PluginSpec{Remote: "UPPER/Case::x"}),
+		"bad name":           task(t, "t", service, runtime.PluginSpec{Name: "no spaces allowed", Remote: remote}),
+	}
+	for desc, tk := range cases {
+		t.Run(desc, func(t *testing.T) {
+			c, err := plugin.NewController(plugintest.NewBackend(), tk)
+			assert.Assert(t, c == nil)
+			assert.Assert(t, cerrdefs.IsInvalidArgument(err), "%v", err)
+			assert.ErrorIs(t, err, plugin.ErrInvalidSpec)
+		})
+	}
+	t.Run("bad remote names it", func(t *testing.T) {
+		_, err := plugin.NewController(plugintest.NewBackend(), cases["bad remote"])
+		assert.ErrorContains(t, err, `error parsing remote reference "UPPER/Case::x"`)
+	})
+	t.Run("nil backend", func(t *testing.T) {
+		_, err := plugin.NewController(nil, good)
+		assert.Assert(t, cerrdefs.IsInvalidArgument(err))
+	})
+}
+
+// FuzzNewController decodes arbitrary payloads: never a panic, every error
+// classified invalid argument.
+func FuzzNewController(f *testing.F) {
+	for _, s := range []runtime.PluginSpec{
+		spec(remote, false),
+		{Remote: "vol@sha256:" + strings.Repeat("a", 64), Env: []string{"A=B"}, Privileges: []*runtime.PluginPrivilege{{Name: "network", Value: []string{"host"}}}},
+	} {
+		b, _ := proto.Marshal(&s)
+		f.Add(b)
+	}
+	f.Add([]byte{0x0a, 0xff})
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		tk := &api.Task{ID: "t", ServiceID: service, Spec: api.TaskSpec{Runtime: &api.TaskSpec_Generic{Generic: &api.GenericRuntimeSpec{
+			Kind: "plugin", Payload: &gogotypes.Any{Value: payload},
+		}}}}
+		c, err := plugin.NewController(plugintest.NewBackend(), tk)
+		if err != nil {
+			if c != nil || !cerrdefs.IsInvalidArgument(err) {
+				t.Fatalf("unclassified error %v (controller %v)", err, c)
+			}
+		}
+	})
+}
+
+// ---- Restart safety and references --------------------------------------------
+
+func TestResumedTaskBindsByName(t *testing.T) {
+	b := plugintest.NewBackend()
+	ctx := context.Background()
+	c1 := newController(t, b, "task-1", spec(remote, false))
+	assert.NilError(t, c1.Prepare(ctx))
+	assert.NilError(t, c1.Start(ctx))
+
+	// The agent restarts: a new Controller for the same RUNNING task gets
+	// Wait without Prepare.
+	c2 := newController(t, b, "task-1", spec(remote, false))
+	done := waitAsync(t, b, c2, ctx)
+	for _, call := range b.Calls() {
+		if call.Method != "SubscribeEvents" {
+			assert.Assert(t, call.Name != "", "%s with an empty name", call.Method)
+		}
+	}
+	_, refs, _ := state(t, b, name)
+	assert.Equal(t, refs, 1, "the task holds exactly one reference")
+	assert.NilError(t, b.Disable(name, &backend.PluginDisableConfig{ForceDisable: true}))
+	assert.ErrorIs(t, result(t, done), plugin.ErrPluginDisabled)
+
+	// Remove on the new Controller releases the one reference and removes.
+	assert.NilError(t, c2.Remove(ctx))
+	_, _, found := state(t, b, name)
+	assert.Assert(t, !found)
+}
+
+func TestResumedTaskAfterDaemonRestartRemoves(t *testing.T) {
+	b := plugintest.NewBackend()
+	ctx := context.Background()
+	// The plugin survives a daemon restart, its reference counts don't.
+	ref, _ := reference.ParseNormalizedNamed(remote)
+	assert.NilError(t, b.Pull(ctx, ref, name, nil, &registry.AuthConfig{}, nil, io.Discard, mobyplugin.WithSwarmService(service)))
+
+	c := newController(t, b, "task-old", spec(remote, false))
+	assert.NilError(t, c.Remove(ctx))
+	_, _, found := state(t, b, name)
+	assert.Assert(t, !found)
+}
+
+func TestResumedTaskNeverActsOnAnotherPlugin(t *testing.T) {
+	b := plugintest.NewBackend()
+	ctx := context.Background()
+	ref, _ := reference.ParseNormalizedNamed(remote)
+	assert.NilError(t, b.Pull(ctx, ref, name, nil, &registry.AuthConfig{}, nil, io.Discard))
+	assert.NilError(t, b.Enable(name, &backend.PluginEnableConfig{}))
+
+	c := newController(t, b, "task-1", spec(remote, true))
+	assert.ErrorIs(t, c.Start(ctx), plugin.ErrPluginExists)
+	assert.ErrorIs(t, c.Wait(ctx), plugin.ErrPluginExists)
+	assert.NilError(t, c.Remove(ctx))
+	p, refs, found := state(t, b, name)
+	assert.Assert(t, found && p.Enabled)
+	assert.Equal(t, refs, 0)
+	assert.Equal(t, countCalls(b, "Disable")+countCalls(b, "Remove"), 0)
+}
+
+func TestExactlyOneReferencePerTask(t *testing.T) {
+	ctx := context.Background()
+	t.Run("retried prepare and repeated remove", func(t *testing.T) {
+		b := plugintest.NewBackend()
+		c := newController(t, b, "task-1", spec(remote, false))
+		assert.NilError(t, c.Prepare(ctx))
+		assert.NilError(t, c.Prepare(ctx))
+		assert.NilError(t, c.Start(ctx))
+		_, refs, _ := state(t, b, name)
+		assert.Equal(t, refs, 1)
+
+		other := newController(t, b, "task-2", spec(remote, false))
+		assert.NilError(t, other.Prepare(ctx))
+		assert.NilError(t, c.Remove(ctx))
+		assert.NilError(t, c.Remove(ctx))
+		_, refs, found := state(t, b, name)
+		assert.Assert(t, found, "a repeated Remove must not release another task's reference")
+		assert.Equal(t, refs, 1)
+		assert.ErrorIs(t, c.Prepare(ctx), plugin.ErrTaskRemoved)
+		assert.NilError(t, other.Remove(ctx))
+		_, _, found = state(t, b, name)
+		assert.Assert(t, !found)
+	})
+	t.Run("remove after failed upgrade", func(t *testing.T) {
+		b := plugintest.NewBackend()
+		c1 := newController(t, b, "task-1", spec(remote, false))
+		assert.NilError(t, c1.Prepare(ctx))
+		b.FailNext("Upgrade", errors.New("manifest unknown"))
+		c2 := newController(t, b, "task-2", spec(remote2, false))
+		assert.Assert(t, c2.Prepare(ctx) != nil)
+		_, refs, _ := state(t, b, name)
+		assert.Equal(t, refs, 2)
+		assert.NilError(t, c2.Remove(ctx))
+		_, refs, found := state(t, b, name)
+		assert.Assert(t, found)
+		assert.Equal(t, refs, 1)
+		assert.NilError(t, c1.Remove(ctx))
+		_, _, found = state(t, b, name)
+		assert.Assert(t, !found)
+	})
+	t.Run("remove after failed pull", func(t *testing.T) {
+		b := plugintest.NewBackend()
+		b.FailNext("Pull", errors.New("denied"))
+		c := newController(t, b, "task-1", spec(remote, false))
+		assert.Assert(t, c.Prepare(ctx) != nil)
+		assert.NilError(t, c.Remove(ctx))
+		assert.Equal(t, countCalls(b, "Remove"), 0)
+	})
+	t.Run("remove keeps plugin another task prepares", func(t *testing.T) {
+		b := plugintest.NewBackend()
+		c1 := newController(t, b, "task-1", spec(remote, false))
+		assert.NilError(t, c1.Prepare(ctx))
+		assert.NilError(t, c1.Start(ctx))
+		c2 := newController(t, b, "task-2", spec(remote2, false))
+		b.FailNext("Upgrade", exec.MakeTemporary(errors.New("registry busy")))
+		err := c2.Prepare(ctx)
+		assert.Assert(t, exec.IsTemporary(err))
+		assert.NilError(t, c1.Remove(ctx))
+		_, _, found := state(t, b, name)
+		assert.Assert(t, found, "task-2 holds it during its retried Prepare")
+		assert.NilError(t, c2.Prepare(ctx))
+		_, refs, _ := state(t, b, name)
+		assert.Equal(t, refs, 1)
+	})
+}
+
+// ---- Disable, in use -------------------------------------------------------------
+
+func TestStartDisablesPluginItsServiceHolds(t *testing.T) {
+	b := plugintest.NewBackend()
+	ctx := context.Background()
+	c1 := newController(t, b, "task-1", spec(remote, false))
+	assert.NilError(t, c1.Prepare(ctx))
+	assert.NilError(t, c1.Start(ctx))
+
+	// A plain Disable fails against the Manager's rule: our own references count.
+	err := b.Disable(name, &backend.PluginDisableConfig{})
+	assert.Assert(t, cerrdefs.IsConflict(err), "%v", err)
+
+	c2 := newController(t, b, "task-2", spec(remote, true))
+	assert.NilError(t, c2.Prepare(ctx))
+	assert.NilError(t, c2.Start(ctx))
+	p, refs, _ := state(t, b, name)
+	assert.Assert(t, !p.Enabled)
+	assert.Equal(t, refs, 2)
+}
+
+func TestStartKeepsPluginOthersUse(t *testing.T) {
+	b := plugintest.NewBackend()
+	ctx := context.Background()
+	c1 := newController(t, b, "task-1", spec(remote, false))
+	assert.NilError(t, c1.Prepare(ctx))
+	assert.NilError(t, c1.Start(ctx))
+	c2 := newController(t, b, "task-2", spec(remote, true))
+	assert.NilError(t, c2.Prepare(ctx))
+	assert.NilError(t, c1.Start(ctx)) // enabled again, by the old task
+
+	// A volume starts using the driver.
+	pl, err := b.Get(name)
+	assert.NilError(t, err)
+	pl.Acquire()
+
+	// Neither an upgrade nor a disabled spec takes it away from the volume.
+	c3 := newController(t, b, "task-3", spec(remote2, false))
+	err = c3.Prepare(ctx)
+	assert.ErrorIs(t, err, plugin.ErrPluginInUse)
+	assert.Assert(t, exec.IsTemporary(err))
+	err = c2.Start(ctx)
+	assert.ErrorIs(t, err, plugin.ErrPluginInUse)
+	assert.Assert(t, cerrdefs.IsConflict(err))
+	assert.Assert(t, exec.IsTemporary(err), "retry until the other user lets go")
+	p, _, _ := state(t, b, name)
+	assert.Assert(t, p.Enabled)
+
+	pl.Release()
+	assert.NilError(t, c2.Start(ctx))
+	p, _, _ = state(t, b, name)
+	assert.Assert(t, !p.Enabled)
+}
+
+// ---- Wait cannot spin or hang --------------------------------------------------------
+
+func TestWaitReturnsWhenEventStreamCloses(t *testing.T) {
+	fake := plugintest.NewBackend()
+	b := &eventBackend{Backend: fake, events: make(chan interface{}), subscribed: make(chan struct{})}
+	c := newController(t, b, "task-1", spec(remote, false))
+	ctx := context.Background()
+	assert.NilError(t, c.Prepare(ctx))
+	assert.NilError(t, c.Start(ctx))
+
+	done := make(chan error, 1)
+	go func() { done <- c.Wait(ctx) }() // ctx never ends
+	<-b.subscribed
+	close(b.events)
+	err := result(t, done)
+	assert.Assert(t, exec.IsTemporary(err), "%v", err)
+	assert.Assert(t, cerrdefs.IsUnavailable(err), "%v", err)
+}
+
+func TestCloseEndsWaitAndIsFinal(t *testing.T) {
+	b := plugintest.NewBackend()
+	ctx := context.Background()
+	c := newController(t, b, "task-1", spec(remote, false))
+	assert.NilError(t, c.Prepare(ctx))
+	assert.NilError(t, c.Start(ctx))
+	done := waitAsync(t, b, c, ctx)
+
+	assert.NilError(t, c.Close())
+	assert.ErrorIs(t, result(t, done), exec.ErrControllerClosed)
+	assert.NilError(t, c.Close(), "Close is idempotent")
+
+	for name, call := range map[string]func() error{
+		"Update":    func() error { return c.Update(ctx, nil) },
+		"Prepare":   func() error { return c.Prepare(ctx) },
+		"Start":     func() error { return c.Start(ctx) },
+		"Wait":      func() error { return c.Wait(ctx) },
+		"Shutdown":  func() error { return c.Shutdown(ctx) },
+		"Terminate": func() error { return c.Terminate(ctx) },
+		"Remove":    func() error { return c.Remove(ctx) },
+	} {
+		assert.ErrorIs(t, call(), exec.ErrControllerClosed, name)
+	}
+}
+
+// blockingPull holds Pull until released, like a slow registry, so that
+// Remove and Close overlap a cancelled Prepare as swarmkit's worker does.
+type blockingPull struct {
+	*plugintest.Backend
+	entered chan struct{}
+}
+
+func (b *blockingPull) Pull(ctx context.Context, ref reference.Named, n string, h http.Header, a *registry.AuthConfig, p types.PluginPrivileges, w io.Writer, opts ...mobyplugin.CreateOpt) error {
+	close(b.entered)
+	<-ctx.Done()
+	// The registry answered just as the task was cancelled.
+	if err := b.Backend.Pull(context.Background(), ref, n, h, a, p, w, opts...); err != nil {
+		return err
+	}
+	return ctx.Err()
+}
+
+func TestRemoveAndCloseDuringCancelledPrepare(t *testing.T) {
+	fake := plugintest.NewBackend()
+	b := &blockingPull{Backend: fake, entered: make(chan struct{})}
+	c := newController(t, b, "task-1", spec(remote, false))
+	ctx, cancel := context.WithCancel(context.Background())
+	prepared := make(chan error, 1)
+	go func() { prepared <- c.Prepare(ctx) }()
+	<-b.entered
+
+	removed := make(chan error, 1)
+	go func() { removed <- c.Remove(context.Background()) }()
+	closed := make(chan error, 1)
+	go func() { closed <- c.Close() }()
+	cancel()
+
+	assert.ErrorIs(t, <-prepared, context.Canceled)
+	err := <-removed
+	assert.Assert(t, err == nil || errors.Is(err, exec.ErrControllerClosed), "%v", err)
+	assert.NilError(t, <-closed)
+	// Whatever the interleaving, no reference is left behind.
+	if _, refs, found := state(t, fake, name); found {
+		assert.Equal(t, refs, 0)
+	}
+}
+
+func TestConcurrentControllers(t *testing.T) {
+	b := plugintest.NewBackend()
+	ctx := context.Background()
+	const tasks = 16
+	var wg sync.WaitGroup
+	ctrls := make([]*plugin.Controller, tasks)
+	for i := range ctrls {
+		ctrls[i] = newController(t, b, fmt.Sprintf("task-%d", i), spec(remote, i%2 == 0))
+	}
+	errs := make(chan error, tasks*4)
+	for _, c := range ctrls {
+		wg.Add(1)
+		go func(c *plugin.Controller) {
+			defer wg.Done()
+			for {
+				err := c.Prepare(ctx)
+				if err == nil {
+					break
+				}
+				if !exec.IsTemporary(err) {
+					errs <- err
+					return
+				}
+			}
+			wctx, cancel := context.WithCancel(ctx)
+			waited := make(chan struct{})
+			go func() { defer close(waited); _ = c.Wait(wctx) }()
+			if err := c.Start(ctx); err != nil && !exec.IsTemporary(err) {
+				errs <- err
+			}
+			cancel()
+			<-waited
+			if err := c.Remove(ctx); err != nil {
+				errs <- err
+			}
+			errs <- c.Close()
+		}(c)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		assert.NilError(t, err)
+	}
+	_, _, found := state(t, b, name)
+	assert.Assert(t, !found, "the last Remove removes the plugin")
+}
+
+// ---- Errors swarmkit can act on ----------------------------------------------------
+
+func TestErrorsAreClassified(t *testing.T) {
+	refused := &netOpError{syscall.ECONNREFUSED}
+	cases := []struct {
+		desc      string
+		err       error
+		temporary bool
+	}{
+		{"unavailable", fmt.Errorf("registry: %w", cerrdefs.ErrUnavailable), true},
+		{"deadline", dockererrdefs.Deadline(errors.New("registry timed out")), true},
+		{"aborted", cerrdefs.ErrAborted, true},
+		{"backend temporary", exec.MakeTemporary(errors.New("try later")), true},
+		{"connection refused", refused, true},
+		{"flattened connection refused", errors.New(`Get "http://127.0.0.1:5000/v2/": dial tcp 127.0.0.1:5000: connect: connection refused`), true},
+		{"context deadline", context.DeadlineExceeded, true},
+		{"not found in registry", fmt.Errorf("pull: %w", cerrdefs.ErrNotFound), false},
+		{"privileges", errors.New("incorrect privileges"), false},
+		{"invalid", cerrdefs.ErrInvalidArgument, false},
+		{"unknown", errors.New("boom"), false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.desc, func(t *testing.T) {
+			b := plugintest.NewBackend()
+			b.FailNext("Pull", tc.err)
+			c := newController(t, b, "task-1", spec(remote, false))
+			err := c.Prepare(context.Background())
+			assert.ErrorIs(t, err, tc.err, "the cause stays reachable")
+			assert.Equal(t, exec.IsTemporary(err), tc.temporary, "%v", err)
+			assert.Assert(t, strings.Contains(err.Error(), tc.err.Error()))
+		})
+	}
+	t.Run("errors.As reaches the cause", func(t *testing.T) {
+		b := plugintest.NewBackend()
+		b.FailNext("Pull", refused)
+		c := newController(t, b, "task-1", spec(remote, false))
+		var target *netOpError
+		assert.Assert(t, errors.As(c.Prepare(context.Background()), &target))
+	})
+}
+
+type netOpError struct{ errno syscall.Errno }
+
+func (e *netOpError) Error() string { return "dial tcp 127.0.0.1:5000: " + e.errno.Error() }
+func (e *netOpError) Unwrap() error { return e.errno }
+
+// TestExecDoRetriesTemporaryPull drives the controller with swarmkit's own
+// state machine: a transient failure retries in place, not REJECTED.
+func TestExecDoRetriesTemporaryPull(t *testing.T) {
+	b := plugintest.NewBackend()
+	b.FailNext("Pull", cerrdefs.ErrUnavailable)
+	tk := task(t, "task-1", service, spec(remote, false))
+	tk.DesiredState = api.TaskStateRunning
+	tk.Status.State = api.TaskStateAccepted
+	c, err := plugin.NewController(b, tk)
+	assert.NilError(t, err)
+	ctx := context.Background()
+
+	st, err := exec.Do(ctx, tk, c) // ACCEPTED -> PREPARING
+	assert.NilError(t, err)
+	tk.Status = *st
+	st, err = exec.Do(ctx, tk, c) // Prepare fails temporarily
+	assert.ErrorIs(t, err, exec.ErrTaskRetry)
+	assert.Equal(t, st.State, api.TaskStatePreparing)
+	tk.Status = *st
+	st, err = exec.Do(ctx, tk, c) // retried: READY
+	assert.NilError(t, err)
+	assert.Equal(t, st.State, api.TaskStateReady)
+
+	b2 := plugintest.NewBackend()
+	b2.FailNext("Pull", errors.New("incorrect privileges"))
+	tk.Status.State = api.TaskStatePreparing
+	c2, err := plugin.NewController(b2, tk)
+	assert.NilError(t, err)
+	st, _ = exec.Do(ctx, tk, c2)
+	assert.Equal(t, st.State, api.TaskStateRejected)
+}
+
+// ---- Env, digests, failed upgrades -------------------------------------------------
+
+// noSetter hides plugintest's Set, like a Backend without it.
+type noSetter struct{ b *plugintest.Backend }
+
+func (n noSetter) Disable(a string, c *backend.PluginDisableConfig) error { return n.b.Disable(a, c) }
+func (n noSetter) Enable(a string, c *backend.PluginEnableConfig) error   { return n.b.Enable(a, c) }
+func (n noSetter) Remove(a string, c *backend.PluginRmConfig) error       { return n.b.Remove(a, c) }
+func (n noSetter) Pull(ctx context.Context, r reference.Named, a string, h http.Header, au *registry.AuthConfig, p types.PluginPrivileges, w io.Writer, o ...mobyplugin.CreateOpt) error {
+	return n.b.Pull(ctx, r, a, h, au, p, w, o...)
+}
+func (n noSetter) Upgrade(ctx context.Context, r reference.Named, a string, h http.Header, au *registry.AuthConfig, p types.PluginPrivileges, w io.Writer) error {
+	return n.b.Upgrade(ctx, r, a, h, au, p, w)
+}
+func (n noSetter) Get(a string) (*v2.Plugin, error) { return n.b.Get(a) }
+func (n noSetter) SubscribeEvents(buf int, ev ...mobyplugin.Event) (<-chan interface{}, func()) {
+	return n.b.SubscribeEvents(buf, ev...)
+}
+
+func TestEnvUpdateReachesExistingPlugin(t *testing.T) {
+	ctx := context.Background()
+	b := plugintest.NewBackend()
+	b.AddRemote(remote2, plugintest.Remote{Env: []string{"LEVEL=info"}})
+	b.AddRemote(remote, plugintest.Remote{Env: []string{"LEVEL=info"}})
+	s := spec(remote, false)
+	c1 := newController(t, b, "task-1", s)
+	assert.NilError(t, c1.Prepare(ctx))
+	assert.NilError(t, c1.Start(ctx))
+
+	s2 := spec(remote2, false)
+	s2.Env = []string{"LEVEL=debug"}
+	c2 := newController(t, b, "task-2", s2)
+	assert.NilError(t, c2.Prepare(ctx))
+	p, _, _ := state(t, b, name)
+	assert.Assert(t, is.Contains(p.Settings.Env, "LEVEL=debug"))
+	assert.Equal(t, countCalls(b, "Set"), 1)
+
+	// Without Set the update still succeeds, as upstream.
+	b2 := plugintest.NewBackend()
+	b2.AddRemote(remote, plugintest.Remote{Env: []string{"LEVEL=info"}})
+	b2.AddRemote(remote2, plugintest.Remote{Env: []string{"LEVEL=info"}})
+	assert.NilError(t, newController(t, noSetter{b2}, "task-1", s).Prepare(ctx))
+	assert.NilError(t, newController(t, noSetter{b2}, "task-2", s2).Prepare(ctx))
+	assert.Equal(t, countCalls(b2, "Set"), 0)
+}
+
+func TestPinnedDigestAlreadyInstalledIsLeftRunning(t *testing.T) {
+	ctx := context.Background()
+	b := plugintest.NewBackend()
+	pinned := "example.com/acme/vol@sha256:" + strings.Repeat("ab", 32)
+	c1 := newController(t, b, "task-1", spec(pinned, false))
+	assert.NilError(t, c1.Prepare(ctx))
+	assert.NilError(t, c1.Start(ctx))
+	calls := len(b.Calls())
+
+	c2 := newController(t, b, "task-2", spec(pinned, false))
+	assert.NilError(t, c2.Prepare(ctx))
+	assert.NilError(t, c2.Start(ctx))
+	for _, m := range methods(b)[calls:] {
+		assert.Assert(t, m == "Get", "unexpected %s", m)
+	}
+	p, _, _ := state(t, b, name)
+	assert.Assert(t, p.Enabled)
+}
+
+func TestFailedUpgradeReenables(t *testing.T) {
+	ctx := context.Background()
+	b := plugintest.NewBackend()
+	c1 := newController(t, b, "task-1", spec(remote, false))
+	assert.NilError(t, c1.Prepare(ctx))
+	assert.NilError(t, c1.Start(ctx))
+
+	b.FailNext("Upgrade", fmt.Errorf("pull: %w", cerrdefs.ErrNotFound))
+	c2 := newController(t, b, "task-2", spec(remote2, false))
+	err := c2.Prepare(ctx)
+	assert.Assert(t, cerrdefs.IsNotFound(err))
+	assert.Assert(t, !exec.IsTemporary(err))
+	p, _, _ := state(t, b, name)
+	assert.Assert(t, p.Enabled, "the plugin that was enabled before Prepare runs again")
+	assert.Equal(t, p.PluginReference, "example.com/acme/vol:1.0")
+}
+
+// ---- Options, logging, credentials ----------------------------------------------
+
+func TestOptions(t *testing.T) {
+	ctx := context.Background()
+	b := plugintest.NewBackend()
+	var progress bytes.Buffer
+	var asked []string
+	auth := func(_ context.Context, ref reference.Named) (*registry.AuthConfig, error) {
+		asked = append(asked, ref.String())
+		return &registry.AuthConfig{Username: "u", Password: "p", ServerAddress: reference.Domain(ref)}, nil
+	}
+	c := newController(t, b, "task-1", spec(remote, false),
+		plugin.WithRegistryAuth(auth), plugin.WithEnableTimeout(1500*time.Millisecond), plugin.WithProgress(&progress))
+	assert.NilError(t, c.Prepare(ctx))
+	assert.NilError(t, c.Start(ctx))
+	assert.DeepEqual(t, asked, []string{"example.com/acme/vol:1.0"})
+	for _, call := range b.Calls() {
+		switch call.Method {
+		case "Pull":
+			assert.Equal(t, call.Auth.Username, "u")
+		case "Enable":
+			assert.Equal(t, call.Config.(*backend.PluginEnableConfig).Timeout, 2)
+		}
+	}
+
+	t.Run("auth error", func(t *testing.T) {
+		for _, temporary := range []bool{false, true} {
+			cause := errors.New("vault sealed")
+			if temporary {
+				cause = fmt.Errorf("vault: %w", cerrdefs.ErrUnavailable)
+			}
+			b := plugintest.NewBackend()
+			c := newController(t, b, "task-1", spec(remote, false), plugin.WithRegistryAuth(func(context.Context, reference.Named) (*registry.AuthConfig, error) {
+				return nil, cause
+			}))
+			err := c.Prepare(ctx)
+			assert.ErrorIs(t, err, cause)
+			assert.ErrorContains(t, err, "registry credentials for example.com")
+			assert.Equal(t, exec.IsTemporary(err), temporary)
+			assert.Equal(t, countCalls(b, "Pull"), 0)
+		}
+	})
+}
+
+// logCapture records every log line at every level.
+type logCapture struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *logCapture) Levels() []logrus.Level { return logrus.AllLevels }
+func (l *logCapture) Fire(e *logrus.Entry) error {
+	s, err := e.String()
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	l.lines = append(l.lines, s)
+	l.mu.Unlock()
+	return nil
+}
+
+func captureLogs() (context.Context, *logCapture) {
+	lg := logrus.New()
+	lg.SetOutput(io.Discard)
+	lg.SetLevel(logrus.TraceLevel)
+	capture := &logCapture{}
+	lg.AddHook(capture)
+	return log.WithLogger(context.Background(), logrus.NewEntry(lg)), capture
+}
+
+func TestLogging(t *testing.T) {
+	ctx, logs := captureLogs()
+	b := plugintest.NewBackend()
+	c := newController(t, b, "task-1", spec(remote, false))
+	assert.NilError(t, c.Prepare(ctx))
+	assert.NilError(t, c.Start(ctx))
+	id := b.Calls()[len(b.Calls())-1].Name
+
+	var infos int
+	for _, line := range logs.lines {
+		assert.Assert(t, strings.Contains(line, "task=task-1"), line)
+		assert.Assert(t, strings.Contains(line, "service=svc-1"), line)
+		assert.Assert(t, strings.Contains(line, "plugin=vol"), line)
+		if strings.Contains(line, "level=info") {
+			infos++
+			assert.Assert(t, strings.Contains(line, "plugin.id="+id), line)
+		}
+	}
+	assert.Equal(t, infos, 2, "pulled and enabled: %v", logs.lines)
+}
+
+func TestCredentialsNeverLoggedOrReturned(t *testing.T) {
+	const secret = "s3cr3t-Pa55w0rd-7f1e"
+	ctx, logs := captureLogs()
+	b := plugintest.NewBackend()
+	auth := plugin.WithRegistryAuth(func(context.Context, reference.Named) (*registry.AuthConfig, error) {
+		return &registry.AuthConfig{Username: "bob", Password: secret, IdentityToken: secret + "-id", RegistryToken: secret + "-reg", Auth: secret + "-auth"}, nil
+	})
+	var errs []error
+	record := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	c1 := newController(t, b, "task-1", spec(remote, false), auth)
+	record(c1.Prepare(ctx))
+	record(c1.Start(ctx))
+	b.FailNext("Upgrade", errors.New("unauthorized: authentication required"))
+	c2 := newController(t, b, "task-2", spec(remote2, false), auth)
+	record(c2.Prepare(ctx))
+	record(c2.Prepare(ctx))
+	record(c2.Start(ctx))
+	wctx, cancel := context.WithCancel(ctx)
+	done := waitAsync(t, b, c2, wctx)
+	cancel()
+	record(<-done)
+	record(c1.Remove(ctx))
+	record(c2.Remove(ctx))
+	record(c2.Close())
+	assert.Assert(t, len(errs) >= 2)
+	assert.Assert(t, len(logs.lines) > 5)
+	for _, line := range logs.lines {
+		assert.Assert(t, !strings.Contains(line, secret), line)
+	}
+	for _, err := range errs {
+		assert.Assert(t, !strings.Contains(fmt.Sprintf("%+v", err), secret), err)
+	}
+}
+
+// ---- Examples -----------------------------------------------------------------
+
+// An executor hands plugin tasks to a Controller; here the Backend is the
+// in-memory fake from plugintest instead of the daemon's *plugin.Manager.
+func ExampleNew() {
+	b := plugintest.NewBackend()
+	payload, _ := proto.Marshal(&runtime.PluginSpec{Name: "vol", Remote: "example.com/acme/vol:1.0", Env: []string{"DEBUG=1"}})
+	t := &api.Task{ID: "task-1", ServiceID: "svc-1", Spec: api.TaskSpec{Runtime: &api.TaskSpec_Generic{
+		Generic: &api.GenericRuntimeSpec{Kind: plugin.RuntimeKind, Payload: &gogotypes.Any{TypeUrl: "types.docker.com/RuntimePlugin", Value: payload}},
+	}}}
+
+	c, err := plugin.New(b, t, plugin.WithEnableTimeout(10*time.Second))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	ctx := context.Background()
+	_ = c.Prepare(ctx) // pulls the plugin, owned by svc-1
+	_ = c.Start(ctx)   // enables it
+	p, refs, _ := b.Plugin("vol")
+	fmt.Println(p.Name, p.Enabled, refs)
+
+	_ = c.Remove(ctx) // the last task's Remove removes the plugin
+	_ = c.Close()
+	_, _, err = b.Plugin("vol")
+	fmt.Println(cerrdefs.IsNotFound(err))
+	// Output:
+	// vol:latest true 1
+	// true
+}
+
+// Errors keep upstream's words and are classified, so callers can tell a
+// conflict from a retryable failure.
+func ExampleErrPluginExists() {
+	b := plugintest.NewBackend()
+	ref, _ := reference.ParseNormalizedNamed("vol")
+	// Someone installed "vol" by hand.
+	_ = b.Pull(context.Background(), ref, "vol", nil, &registry.AuthConfig{}, nil, io.Discard)
+
+	payload, _ := proto.Marshal(&runtime.PluginSpec{Remote: "vol"})
+	t := &api.Task{ID: "task-1", ServiceID: "svc-1", Spec: api.TaskSpec{Runtime: &api.TaskSpec_Generic{
+		Generic: &api.GenericRuntimeSpec{Kind: plugin.RuntimeKind, Payload: &gogotypes.Any{Value: payload}},
+	}}}
+	c, _ := plugin.NewController(b, t)
+	err := c.Prepare(context.Background())
+	fmt.Println(err)
+	fmt.Println(errors.Is(err, plugin.ErrPluginExists), cerrdefs.IsConflict(err), exec.IsTemporary(err))
+	// Output:
+	// plugin already exists: docker.io/library/vol
+	// true true false
+}

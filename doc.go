@@ -1,0 +1,97 @@
+// Package plugin is a drop-in replacement for Docker's swarm plugin
+// controller, github.com/docker/docker/daemon/cluster/controllers/plugin
+// (moby v28.3.0): change the import path and everything compiles and
+// behaves as before, minus upstream's bugs, plus registry credentials,
+// restart safety and classified errors.
+//
+// # Plugin tasks
+//
+// A swarm "plugin service" asks every node to run one managed plugin (for
+// example a volume driver) in a desired state. Its tasks carry a generic
+// runtime of kind "plugin" whose payload is a runtime.PluginSpec: Name,
+// Remote (the image reference), Privileges, Disabled and Env. A node's
+// exec.Executor returns a Controller for each such task; the Controller
+// never runs anything itself but drives the node's plugin manager through
+// the Backend interface, whose real implementation is moby's
+// *plugin.Manager. For unit tests, package plugintest provides a faithful
+// in-memory Backend.
+//
+//	func (e *executor) Controller(t *api.Task) (exec.Controller, error) {
+//		if g := t.Spec.GetGeneric(); g != nil && g.Kind == plugin.RuntimeKind {
+//			return plugin.New(e.pluginManager, t, plugin.WithRegistryAuth(e.auth))
+//		}
+//		return nil, exec.ErrRuntimeUnsupported
+//	}
+//
+// # Lifecycle: who calls what
+//
+// swarmkit's agent drives each task with exec.Do, one step at a time on the
+// task's goroutine:
+//
+//   - Prepare installs the plugin (Pull) or brings this service's plugin to
+//     the spec's remote (Upgrade), and takes the task's reference on it.
+//   - Start enables the plugin, or disables it when the spec says Disabled.
+//   - Wait blocks until the plugin leaves the spec's state: it returns an
+//     error when the plugin is disabled, enabled or removed behind the
+//     task's back, or when its context ends (an update or a shutdown).
+//   - Update, Shutdown and Terminate have no effect: the plugin is shared
+//     and outlives any one task.
+//
+// When the task is no longer assigned, the worker calls Remove and then
+// Close from another goroutine, without waiting for a cancelled Prepare or
+// Wait to return; a Controller is safe for that (and for any other
+// concurrent use). Remove releases the task's reference and removes the
+// plugin when none remains. After an agent restart, swarmkit resumes a
+// running task on a new Controller and calls Wait (or Remove) without
+// Prepare: the Controller finds its plugin from the task's spec.
+//
+// Temporary errors (exec.IsTemporary) make exec.Do retry the step in place
+// after a second; any other error fails (or rejects) the task.
+//
+// # Shared references
+//
+// Many tasks (one per service update, and a task per node) point to the same
+// plugin, so the Controller counts them with the plugin's own reference
+// count (v2.Plugin.Acquire and Release): each task holds exactly one
+// reference from the first time it binds to the plugin until Remove,
+// however often swarmkit retries a step or recreates the Controller. The
+// last task's Remove removes the plugin. A plugin the task's service does
+// not own (installed by a person, by "docker plugin install", or by another
+// service) is never upgraded, disabled or removed.
+//
+// The Manager refuses a plain Disable while any reference is held, and the
+// service's own tasks hold references, so a plain Disable of a managed
+// plugin can never succeed. The Controller therefore force-disables, but
+// only when every reference belongs to this service's tasks on the node;
+// when something else uses the plugin (a volume, a network, a log driver),
+// it returns the temporary ErrPluginInUse and leaves the plugin running.
+//
+// # Differences from upstream
+//
+// Exported identifiers and error words are upstream's; these behaviours
+// differ:
+//
+//   - Bad input (nil task, another runtime, no or undecodable payload, bad
+//     remote or name) is an error classified invalid argument, never a panic.
+//   - A resumed task binds to its plugin by name; upstream calls Get("").
+//   - Exactly one reference per task, released at most once; upstream
+//     leaks or double-releases on retried or failed steps.
+//   - A Disabled spec works against the real Manager (forced disable, own
+//     references only); upstream's plain Disable always fails there.
+//   - Wait returns at once when the event stream closes (upstream spins at
+//     full CPU) and when Close is called.
+//   - Transient failures are exec.MakeTemporary, so swarmkit retries instead
+//     of rejecting the task; causes stay reachable with errors.Is/As; errors
+//     are classified with github.com/containerd/errdefs.
+//   - Close is final: afterwards every method returns exec.ErrControllerClosed.
+//   - An Env change reaches an installed plugin when the Backend implements
+//     Setter; upstream drops it.
+//   - A remote pinned by digest that is already installed is left running;
+//     a failed upgrade re-enables the plugin it disabled.
+//   - A plugin without an owning service is never taken over, even by a
+//     task without a service ID.
+//   - Registry credentials (WithRegistryAuth), the enable timeout, progress
+//     output and the logger are options of New.
+//   - Each step logs at debug, each state change at info, with the task,
+//     service, plugin name and ID; credentials never reach a log or an error.
+package plugin
