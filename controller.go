@@ -297,8 +297,7 @@ func (p *Controller) Prepare(ctx context.Context) error {
 		}
 		return backendError(fmt.Sprintf("error pulling plugin %s from %s", p.spec.Name, reference.FamiliarString(p.remote)), err)
 	}
-	pl, err = p.bind(p.spec.Name)
-	if err != nil {
+	if _, err := p.bind(p.spec.Name); err != nil {
 		if cerrdefs.IsNotFound(err) {
 			// Removed between our Pull and bind: pull again.
 			return exec.MakeTemporary(err)

@@ -1162,3 +1162,162 @@ func ExampleErrPluginExists() {
 	// plugin already exists: docker.io/library/vol
 	// true true false
 }
+
+// ---- Backends that misbehave, failures mid-step --------------------------------------
+
+// nonsenseBackend answers Get and SubscribeEvents with results no real
+// backend gives.
+type nonsenseBackend struct {
+	*plugintest.Backend
+	get       func(name string) (*v2.Plugin, error)
+	nilEvents bool
+}
+
+func (n *nonsenseBackend) Get(name string) (*v2.Plugin, error) {
+	if n.get != nil {
+		return n.get(name)
+	}
+	return n.Backend.Get(name)
+}
+
+func (n *nonsenseBackend) SubscribeEvents(buf int, ev ...mobyplugin.Event) (<-chan interface{}, func()) {
+	if n.nilEvents {
+		return nil, nil
+	}
+	return n.Backend.SubscribeEvents(buf, ev...)
+}
+
+func TestNonsenseFromBackendIsAnInternalError(t *testing.T) {
+	ctx := context.Background()
+	cases := map[string]func(b *nonsenseBackend) error{
+		"nil plugin and nil error in Prepare": func(b *nonsenseBackend) error {
+			b.get = func(string) (*v2.Plugin, error) { return nil, nil }
+			return newController(t, b, "task-1", spec(remote, false)).Prepare(ctx)
+		},
+		"nil plugin and nil error in Remove": func(b *nonsenseBackend) error {
+			b.get = func(string) (*v2.Plugin, error) { return nil, nil }
+			return newController(t, b, "task-1", spec(remote, false)).Remove(ctx)
+		},
+		"empty plugin ID": func(b *nonsenseBackend) error {
+			b.get = func(string) (*v2.Plugin, error) { return &v2.Plugin{}, nil }
+			return newController(t, b, "task-1", spec(remote, false)).Start(ctx)
+		},
+		"nil event channel": func(b *nonsenseBackend) error {
+			b.nilEvents = true
+			c := newController(t, b, "task-1", spec(remote, false))
+			assert.NilError(t, c.Prepare(ctx))
+			assert.NilError(t, c.Start(ctx))
+			return c.Wait(ctx)
+		},
+	}
+	for desc, run := range cases {
+		t.Run(desc, func(t *testing.T) {
+			err := run(&nonsenseBackend{Backend: plugintest.NewBackend()})
+			assert.Assert(t, cerrdefs.IsInternal(err), "%v", err)
+		})
+	}
+}
+
+func TestFailuresMidStep(t *testing.T) {
+	ctx := context.Background()
+	prepared := func(t *testing.T, disabled bool) (*plugintest.Backend, *plugin.Controller) {
+		b := plugintest.NewBackend()
+		c := newController(t, b, "task-1", spec(remote, disabled))
+		assert.NilError(t, c.Prepare(ctx))
+		return b, c
+	}
+	t.Run("enable", func(t *testing.T) {
+		b, c := prepared(t, false)
+		b.FailNext("Enable", fmt.Errorf("activate: %w", cerrdefs.ErrUnavailable))
+		err := c.Start(ctx)
+		assert.Assert(t, exec.IsTemporary(err), "%v", err)
+		assert.ErrorContains(t, err, "error enabling plugin vol")
+		assert.NilError(t, c.Start(ctx))
+	})
+	t.Run("disable", func(t *testing.T) {
+		b, c := prepared(t, true)
+		assert.NilError(t, b.Enable(name, &backend.PluginEnableConfig{}))
+		b.FailNext("Disable", errors.New("shim gone"))
+		err := c.Start(ctx)
+		assert.ErrorContains(t, err, "shim gone")
+		assert.Assert(t, !exec.IsTemporary(err))
+	})
+	t.Run("lookup", func(t *testing.T) {
+		b := plugintest.NewBackend()
+		b.FailNext("Get", cerrdefs.ErrUnavailable)
+		err := newController(t, b, "task-1", spec(remote, false)).Prepare(ctx)
+		assert.Assert(t, exec.IsTemporary(err))
+	})
+	t.Run("set env", func(t *testing.T) {
+		b, c := prepared(t, false)
+		assert.NilError(t, c.Start(ctx))
+		b.FailNext("Set", fmt.Errorf("%q is not settable: %w", "LEVEL", cerrdefs.ErrInvalidArgument))
+		s := spec(remote2, false)
+		s.Env = []string{"LEVEL=debug"}
+		err := newController(t, b, "task-2", s).Prepare(ctx)
+		assert.Assert(t, cerrdefs.IsInvalidArgument(err), "%v", err)
+		assert.ErrorContains(t, err, "error setting env of plugin vol")
+	})
+	t.Run("re-enable after failed upgrade", func(t *testing.T) {
+		b, c := prepared(t, false)
+		assert.NilError(t, c.Start(ctx))
+		b.FailNext("Upgrade", errors.New("manifest unknown"))
+		b.FailNext("Enable", errors.New("activation timed out"))
+		err := newController(t, b, "task-2", spec(remote2, false)).Prepare(ctx)
+		assert.ErrorContains(t, err, "manifest unknown", "the upgrade's error, not the re-enable's")
+	})
+	t.Run("remove", func(t *testing.T) {
+		b, c := prepared(t, false)
+		b.FailNext("Remove", errors.New("device busy"))
+		assert.ErrorContains(t, c.Remove(ctx), "device busy")
+		_, refs, found := state(t, b, name)
+		assert.Assert(t, found)
+		assert.Equal(t, refs, 0)
+		assert.NilError(t, c.Remove(ctx), "a retried Remove removes without releasing twice")
+		_, _, found = state(t, b, name)
+		assert.Assert(t, !found)
+	})
+	t.Run("plugin replaced by someone else's", func(t *testing.T) {
+		b, c := prepared(t, false)
+		assert.NilError(t, b.Remove(name, &backend.PluginRmConfig{ForceRemove: true}))
+		ref, _ := reference.ParseNormalizedNamed(remote)
+		assert.NilError(t, b.Pull(ctx, ref, name, nil, &registry.AuthConfig{}, nil, io.Discard))
+		assert.NilError(t, c.Remove(ctx))
+		_, _, found := state(t, b, name)
+		assert.Assert(t, found, "a person's plugin of the same name stays")
+	})
+}
+
+func TestPinnedDigestEnvChange(t *testing.T) {
+	ctx := context.Background()
+	b := plugintest.NewBackend()
+	pinned := "example.com/acme/vol@sha256:" + strings.Repeat("cd", 32)
+	b.AddRemote(pinned, plugintest.Remote{Env: []string{"LEVEL=info"}})
+	c1 := newController(t, b, "task-1", spec(pinned, false))
+	assert.NilError(t, c1.Prepare(ctx))
+	assert.NilError(t, c1.Start(ctx))
+
+	s := spec(pinned, false)
+	s.Env = []string{"LEVEL=debug"}
+	c2 := newController(t, b, "task-2", s)
+	assert.NilError(t, c2.Prepare(ctx))
+	assert.Equal(t, countCalls(b, "Upgrade"), 0, "same digest: no upgrade")
+	p, _, _ := state(t, b, name)
+	assert.Assert(t, is.Contains(p.Settings.Env, "LEVEL=debug"))
+	assert.NilError(t, c2.Start(ctx))
+}
+
+func TestWithLogger(t *testing.T) {
+	lg := logrus.New()
+	lg.SetOutput(io.Discard)
+	lg.SetLevel(logrus.DebugLevel)
+	capture := &logCapture{}
+	lg.AddHook(capture)
+	b := plugintest.NewBackend()
+	c := newController(t, b, "task-1", spec(remote, false), plugin.WithLogger(logrus.NewEntry(lg).WithField("node", "n1")))
+	assert.NilError(t, c.Prepare(context.Background()))
+	assert.Assert(t, len(capture.lines) > 0)
+	for _, line := range capture.lines {
+		assert.Assert(t, strings.Contains(line, "node=n1") && strings.Contains(line, "task=task-1"), line)
+	}
+}
