@@ -416,6 +416,9 @@ func (p *Controller) authFor(ctx context.Context) (*registry.AuthConfig, error) 
 	cfg, err := p.opts.auth(ctx, p.remote)
 	if err != nil {
 		wrapped := &causeError{msg: fmt.Sprintf("error getting registry credentials for %s", reference.Domain(p.remote)), cause: err}
+		if !hasClass(err) {
+			wrapped.class = cerrdefs.ErrUnknown
+		}
 		if isTransient(err) {
 			return nil, exec.MakeTemporary(wrapped)
 		}

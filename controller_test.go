@@ -1321,3 +1321,103 @@ func TestWithLogger(t *testing.T) {
 		assert.Assert(t, strings.Contains(line, "node=n1") && strings.Contains(line, "task=task-1"), line)
 	}
 }
+
+// ---- Fuzzing a whole task ----------------------------------------------------------
+
+// classified reports whether a Controller's error carries something a
+// caller can act on: an errdefs class, swarmkit's temporary mark, a context
+// error or swarmkit's closed-controller error.
+func classified(err error) bool {
+	if exec.IsTemporary(err) || errors.Is(err, context.Canceled) || errors.Is(err, exec.ErrControllerClosed) {
+		return true
+	}
+	for _, is := range []func(error) bool{
+		cerrdefs.IsUnknown, cerrdefs.IsInvalidArgument, cerrdefs.IsNotFound, cerrdefs.IsConflict,
+		cerrdefs.IsFailedPrecondition, cerrdefs.IsInternal, cerrdefs.IsUnavailable, cerrdefs.IsAlreadyExists,
+		cerrdefs.IsPermissionDenied, cerrdefs.IsDeadlineExceeded, cerrdefs.IsAborted,
+	} {
+		if is(err) {
+			return true
+		}
+	}
+	return false
+}
+
+// FuzzLifecycle runs Prepare, Start, Wait and Remove with fuzzed spec fields
+// and an injected backend failure: never a panic, every error classified,
+// the reference count never negative and zero after Remove.
+func FuzzLifecycle(f *testing.F) {
+	f.Add("vol", "example.com/acme/vol:1.0", false, "A=B", "", uint8(0), false)
+	f.Add("", "vol", true, "", "network", uint8(1), true)
+	f.Add("vol", "example.com/acme/vol@sha256:"+strings.Repeat("ab", 32), false, "A=B,C", "", uint8(17), true)
+	f.Add("x", "localhost:5000/x:y", true, "=", "host", uint8(42), false)
+	failures := []string{"", "Get", "Pull", "Upgrade", "Enable", "Disable", "Remove", "Set"}
+	causes := []error{
+		errors.New("boom"),
+		cerrdefs.ErrUnavailable,
+		cerrdefs.ErrNotFound,
+		syscall.ECONNREFUSED,
+	}
+	f.Fuzz(func(t *testing.T, pname, premote string, disabled bool, env, priv string, fail uint8, preinstall bool) {
+		ctx := context.Background()
+		b := plugintest.NewBackend()
+		s := runtime.PluginSpec{Name: pname, Remote: premote, Disabled: disabled}
+		if env != "" {
+			s.Env = strings.Split(env, ",")
+		}
+		if priv != "" {
+			s.Privileges = []*runtime.PluginPrivilege{{Name: priv, Value: []string{"v"}}}
+			if _, err := reference.ParseNormalizedNamed(premote); err == nil && fail%2 == 0 {
+				b.AddRemote(premote, plugintest.Remote{Privileges: types.PluginPrivileges{{Name: priv, Value: []string{"v"}}}})
+			}
+		}
+		c, err := plugin.New(b, task(t, "task-1", service, s))
+		if err != nil {
+			if !cerrdefs.IsInvalidArgument(err) {
+				t.Fatalf("NewController: unclassified %v", err)
+			}
+			return
+		}
+		check := func(step string, err error) {
+			t.Helper()
+			if err != nil && !classified(err) {
+				t.Fatalf("%s: unclassified error %v", step, err)
+			}
+			if pl, gerr := b.Get(s.Name); gerr == nil && pl.GetRefCount() < 0 {
+				t.Fatalf("%s: reference count %d", step, pl.GetRefCount())
+			}
+		}
+		if preinstall {
+			first, err := plugin.New(b, task(t, "task-0", service, s))
+			assert.NilError(t, err)
+			check("first Prepare", first.Prepare(ctx))
+			check("first Start", first.Start(ctx))
+			check("first Remove", first.Remove(ctx))
+		}
+		if m := failures[int(fail)%len(failures)]; m != "" {
+			b.FailNext(m, causes[int(fail/8)%len(causes)])
+		}
+		var perr error
+		for attempt := 0; attempt < 3; attempt++ {
+			if perr = c.Prepare(ctx); !exec.IsTemporary(perr) {
+				break
+			}
+		}
+		check("Prepare", perr)
+		check("Start", c.Start(ctx))
+		cancelled, cancel := context.WithCancel(ctx)
+		cancel()
+		check("Wait", c.Wait(cancelled))
+		rerr := c.Remove(ctx)
+		if rerr != nil {
+			rerr = c.Remove(ctx)
+		}
+		check("Remove", rerr)
+		check("Close", c.Close())
+		if rerr == nil {
+			if pl, err := b.Get(s.Name); err == nil && pl.GetRefCount() != 0 {
+				t.Fatalf("reference count %d after the last Remove", pl.GetRefCount())
+			}
+		}
+	})
+}

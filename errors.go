@@ -130,16 +130,37 @@ func (e *causeError) Unwrap() []error {
 // backendError wraps an error returned by the Backend during op, keeping
 // it reachable with errors.Is / errors.As, and makes it temporary when
 // retrying can help (see isTransient), so that swarmkit's exec.Do retries
-// the step in place instead of failing the task.
+// the step in place instead of failing the task. An error without an
+// errdefs class of its own (the Manager's "incorrect privileges", say) is
+// classified unknown, so every error a Controller returns has a class.
 func backendError(op string, err error) error {
 	if err == nil {
 		return nil
 	}
 	wrapped := error(&causeError{msg: op, cause: err})
+	if !hasClass(err) {
+		wrapped = &causeError{msg: op, cause: err, class: cerrdefs.ErrUnknown}
+	}
 	if isTransient(err) {
 		return exec.MakeTemporary(wrapped)
 	}
 	return wrapped
+}
+
+// hasClass reports whether err belongs to one of the errdefs classes.
+func hasClass(err error) bool {
+	for _, is := range []func(error) bool{
+		cerrdefs.IsCanceled, cerrdefs.IsUnknown, cerrdefs.IsInvalidArgument, cerrdefs.IsDeadlineExceeded,
+		cerrdefs.IsNotFound, cerrdefs.IsAlreadyExists, cerrdefs.IsPermissionDenied, cerrdefs.IsResourceExhausted,
+		cerrdefs.IsFailedPrecondition, cerrdefs.IsConflict, cerrdefs.IsNotModified, cerrdefs.IsAborted,
+		cerrdefs.IsOutOfRange, cerrdefs.IsNotImplemented, cerrdefs.IsInternal, cerrdefs.IsUnavailable,
+		cerrdefs.IsDataLoss, cerrdefs.IsUnauthorized,
+	} {
+		if is(err) {
+			return true
+		}
+	}
+	return false
 }
 
 // transientPhrases are failures of the network or of a registry that some

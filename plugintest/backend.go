@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -103,9 +104,10 @@ func (b *Backend) Plugin(name string) (types.Plugin, int, error) {
 // Pull fails if ctx is already done. Part of plugin.Backend; safe for
 // concurrent use.
 func (b *Backend) Pull(ctx context.Context, ref reference.Named, name string, metaHeaders http.Header, authConfig *registry.AuthConfig, privileges types.PluginPrivileges, outStream io.Writer, opts ...plugin.CreateOpt) (err error) {
+	requested := name
 	defer func() {
 		b.record(Call{
-			Method: "Pull", Name: name, Ref: ref.String(), Privileges: copyPrivileges(privileges),
+			Method: "Pull", Name: requested, Ref: ref.String(), Privileges: copyPrivileges(privileges),
 			Auth: authConfig, MetaHeaders: metaHeaders, Opts: len(opts), Err: err,
 		})
 	}()
@@ -363,7 +365,7 @@ func (b *Backend) Remove(name string, config *backend.PluginRmConfig) (err error
 // Implements the controller's optional Setter; safe for concurrent use.
 func (b *Backend) Set(name string, args []string) (err error) {
 	defer func() {
-		b.record(Call{Method: "Set", Name: name, Args: append([]string(nil), args...), Err: err})
+		b.record(Call{Method: "Set", Name: name, Args: slices.Clone(args), Err: err})
 	}()
 	if err := b.injected("Set"); err != nil {
 		return err

@@ -2,6 +2,7 @@ package plugintest
 
 import (
 	"context"
+	"slices"
 	"sync"
 
 	"github.com/docker/docker/plugin"
@@ -84,10 +85,7 @@ func matchCreate(w plugin.EventCreate, observed plugin.Event) bool {
 //
 // Part of plugin.Backend; safe for concurrent use.
 func (b *Backend) SubscribeEvents(buffer int, watch ...plugin.Event) (eventCh <-chan interface{}, cancel func()) {
-	var events []plugin.Event
-	if watch != nil { // keep nil and empty apart, see matches
-		events = append(make([]plugin.Event, 0, len(watch)), watch...)
-	}
+	events := slices.Clone(watch) // keeps nil and empty apart, see matches
 	topic := func(v interface{}) bool { return matches(events, v.(plugin.Event)) }
 	ch := b.publisher.SubscribeTopicWithBuffer(topic, buffer)
 	b.subscribed(+1)
