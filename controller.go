@@ -172,7 +172,7 @@ func readSpec(t *api.Task) (runtime.PluginSpec, reference.Named, error) {
 	if generic == nil {
 		return spec, nil, withDetail(ErrInvalidSpec, fmt.Sprintf("task %s: runtime %s is not a generic plugin runtime", t.ID, runtimeName(t.Spec.Runtime)), nil)
 	}
-	if generic.Kind != RuntimeKind {
+	if !strings.EqualFold(generic.Kind, RuntimeKind) {
 		return spec, nil, withDetail(ErrInvalidSpec, fmt.Sprintf("task %s: generic runtime kind %q is not %q", t.ID, generic.Kind, RuntimeKind), nil)
 	}
 	if generic.Payload == nil {

@@ -1,0 +1,113 @@
+package executor_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/docker/docker/api/types/swarm/runtime"
+	dockerplugin "github.com/docker/docker/plugin"
+	"github.com/gogo/protobuf/proto"
+	gogotypes "github.com/gogo/protobuf/types"
+	"github.com/moby/swarmkit/v2/api"
+	"github.com/moby/swarmkit/v2/node"
+	"github.com/sirupsen/logrus"
+	"google.golang.org/grpc"
+
+	"github.com/seed-e85c93d5/plugin"
+	"github.com/seed-e85c93d5/plugin/executor"
+	"github.com/seed-e85c93d5/plugin/plugintest"
+)
+
+// Example starts a one-node swarm whose executor runs plugin tasks, creates
+// a plugin service through the control API the way the Docker daemon does,
+// and watches the node's plugin backend install and enable the plugin.
+func Example() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	logrus.SetOutput(io.Discard) // swarmkit logs a lot
+
+	// On a Docker node the backend is the daemon's *plugin.Manager.
+	backend := plugintest.NewBackend()
+	events, unsubscribe := backend.SubscribeEvents(16)
+	defer unsubscribe()
+
+	// The state dir holds control.sock: keep its path short.
+	stateDir, err := os.MkdirTemp("", "swk-")
+	if err != nil {
+		panic(err)
+	}
+	defer os.RemoveAll(stateDir)
+	n, err := node.New(&node.Config{
+		Hostname:         "node-1",
+		StateDir:         stateDir,
+		ListenControlAPI: filepath.Join(stateDir, "control.sock"),
+		ListenRemoteAPI:  "127.0.0.1:0",
+		Executor:         executor.New(backend, executor.WithHostname("node-1")),
+	})
+	if err != nil {
+		panic(err)
+	}
+	if err := n.Start(ctx); err != nil {
+		panic(err)
+	}
+	defer n.Stop(context.Background())
+	<-n.Ready()
+
+	// The manager's control API, over its local socket.
+	control := api.NewControlClient(controlConn(ctx, n))
+
+	// A plugin service: global, with the generic "plugin" runtime whose
+	// payload is the marshalled runtime.PluginSpec.
+	payload, err := proto.Marshal(&runtime.PluginSpec{Name: "vol", Remote: "example.com/vol:1"})
+	if err != nil {
+		panic(err)
+	}
+	_, err = control.CreateService(ctx, &api.CreateServiceRequest{Spec: &api.ServiceSpec{
+		Annotations: api.Annotations{Name: "vol"},
+		Mode:        &api.ServiceSpec_Global{Global: &api.GlobalService{}},
+		Task: api.TaskSpec{Runtime: &api.TaskSpec_Generic{Generic: &api.GenericRuntimeSpec{
+			Kind:    plugin.RuntimeKind,
+			Payload: &gogotypes.Any{TypeUrl: "types.docker.com/RuntimePlugin", Value: payload},
+		}}},
+	}})
+	if err != nil {
+		panic(err)
+	}
+
+	for {
+		select {
+		case e := <-events:
+			switch e := e.(type) {
+			case dockerplugin.EventCreate:
+				fmt.Println("installed", e.Plugin.Name)
+			case dockerplugin.EventEnable:
+				fmt.Println("enabled", e.Plugin.Name)
+				return
+			}
+		case <-ctx.Done():
+			fmt.Println(ctx.Err())
+			return
+		}
+	}
+	// Output:
+	// installed vol:latest
+	// enabled vol:latest
+}
+
+// controlConn returns the node's control connection once the manager has set
+// it up. ListenControlSocket's goroutine holds the node's read lock until its
+// context ends, so that context is cancelled on return.
+func controlConn(ctx context.Context, n *node.Node) *grpc.ClientConn {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for conn := range n.ListenControlSocket(ctx) {
+		if conn != nil {
+			return conn
+		}
+	}
+	panic(ctx.Err())
+}

@@ -1,0 +1,286 @@
+package swarmtest_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"testing"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types/swarm/runtime"
+	"github.com/gogo/protobuf/proto"
+	"github.com/moby/swarmkit/v2/api"
+	"go.uber.org/goleak"
+	"gotest.tools/v3/assert"
+	is "gotest.tools/v3/assert/cmp"
+
+	"github.com/seed-e85c93d5/plugin"
+	"github.com/seed-e85c93d5/plugin/internal/swarmtest"
+	"github.com/seed-e85c93d5/plugin/plugintest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		// swarmkit v2.0.0's manager.Stop never stops the CSI volume manager
+		// it starts, so every manager leaves exactly these two goroutines
+		// behind, blocked forever: the manager's run loop and the goroutine
+		// it started on its pending-volumes queue. Both are blocked in a
+		// select of that very function, hence IgnoreTopFunction; nothing
+		// else in those packages is ignored.
+		goleak.IgnoreTopFunction("github.com/moby/swarmkit/v2/manager/csi.(*Manager).run"),
+		goleak.IgnoreTopFunction("github.com/moby/swarmkit/v2/volumequeue.(*VolumeQueue).Wait"),
+	)
+}
+
+const (
+	remote     = "example.com/vol:1"
+	pluginName = "vol" // the plugin is installed as "vol:latest"
+	waitLimit  = 30 * time.Second
+)
+
+// startCluster starts a cluster of one manager and workers workers, each
+// node with its own plugintest.Backend that serves remote, and stops it at
+// the end of the test.
+func startCluster(t *testing.T, workers int) *swarmtest.Cluster {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	start := time.Now()
+	c, err := swarmtest.Start(ctx, swarmtest.Options{
+		Workers:    workers,
+		NewBackend: newBackend,
+		Verbose:    os.Getenv("SWARMTEST_VERBOSE") != "",
+	})
+	assert.NilError(t, err)
+	t.Logf("cluster of %d nodes started in %v", 1+workers, time.Since(start).Round(time.Millisecond))
+	t.Cleanup(func() {
+		start := time.Now()
+		assert.Check(t, c.Stop(context.Background()))
+		t.Logf("cluster stopped in %v", time.Since(start).Round(time.Millisecond))
+	})
+	return c
+}
+
+func newBackend(string) (plugin.Backend, error) {
+	b := plugintest.NewBackend()
+	b.AddRemote(remote, plugintest.Remote{Env: []string{"DEBUG=0"}})
+	return b, nil
+}
+
+func fake(n *swarmtest.Node) *plugintest.Backend { return n.Backend.(*plugintest.Backend) }
+
+func waitCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// specIs matches the tasks that run spec.
+func specIs(spec runtime.PluginSpec) func(*api.Task) bool {
+	return func(tk *api.Task) bool {
+		got, err := swarmtest.PluginSpecOf(tk)
+		return err == nil && proto.Equal(&got, &spec)
+	}
+}
+
+// waitRunning waits until every node of c runs a task of spec.
+func waitRunning(t *testing.T, c *swarmtest.Cluster, serviceID string, spec runtime.PluginSpec) {
+	t.Helper()
+	start := time.Now()
+	_, err := c.WaitTasks(waitCtx(t), serviceID, swarmtest.RunningOn(c.NodeIDs(), specIs(spec)))
+	assert.NilError(t, err)
+	t.Logf("RUNNING on %d nodes in %v", len(c.Nodes()), time.Since(start).Round(time.Millisecond))
+}
+
+// checkInstalled checks, on every node, that the plugin is installed from
+// remote, owned by the service, with env applied, enabled as spec says, and
+// held by one reference per task of the service that is assigned to the node.
+//
+// A task keeps its reference until swarmkit removes it from the node, which
+// happens only when the task reaper deletes it (task history retention), not
+// when an update shuts it down: after an update the node has the old task and
+// the new one, and the plugin two references.
+func checkInstalled(t *testing.T, c *swarmtest.Cluster, serviceID string, spec runtime.PluginSpec) {
+	t.Helper()
+	for _, n := range c.Nodes() {
+		b := fake(n)
+		err := swarmtest.Poll(waitCtx(t), n.Hostname+": one reference per assigned task", func() (bool, string) {
+			tasks, err := c.Tasks(waitCtx(t), serviceID)
+			if err != nil {
+				return false, err.Error()
+			}
+			assigned := 0
+			for _, tk := range tasks {
+				if tk.NodeID == n.ID() {
+					assigned++
+				}
+			}
+			_, refs, err := b.Plugin(pluginName)
+			return err == nil && refs == assigned, fmt.Sprintf("refs=%d tasks=%d err=%v", refs, assigned, err)
+		})
+		assert.Check(t, err)
+		obj, _, err := b.Plugin(pluginName)
+		if !assert.Check(t, err, n.Hostname) {
+			continue
+		}
+		assert.Check(t, is.Equal(obj.Name, "vol:latest"), n.Hostname)
+		assert.Check(t, is.Equal(obj.PluginReference, remote), n.Hostname)
+		assert.Check(t, is.Equal(obj.Enabled, !spec.Disabled), n.Hostname)
+		for _, env := range spec.Env {
+			assert.Check(t, is.Contains(obj.Settings.Env, env), n.Hostname)
+		}
+		pl, err := b.Get(pluginName)
+		if assert.Check(t, err, n.Hostname) {
+			// Set when the plugin was created, never changed afterwards.
+			assert.Check(t, is.Equal(pl.SwarmServiceID, serviceID), n.Hostname)
+		}
+	}
+}
+
+// removeAndCheckGone removes the service and waits until no node has the
+// plugin any more.
+func removeAndCheckGone(t *testing.T, c *swarmtest.Cluster, serviceID string) {
+	t.Helper()
+	start := time.Now()
+	assert.NilError(t, c.RemoveService(waitCtx(t), serviceID))
+	for _, n := range c.Nodes() {
+		b := fake(n)
+		err := swarmtest.Poll(waitCtx(t), n.Hostname+": plugin removed", func() (bool, string) {
+			obj, refs, err := b.Plugin(pluginName)
+			if cerrdefs.IsNotFound(err) {
+				return true, ""
+			}
+			return false, fmt.Sprintf("enabled=%v refs=%d err=%v", obj.Enabled, refs, err)
+		})
+		assert.Check(t, err)
+	}
+	t.Logf("plugin gone from %d nodes in %v", len(c.Nodes()), time.Since(start).Round(time.Millisecond))
+}
+
+// TestOneManager runs a plugin service on a cluster of one manager: create,
+// change its env, remove.
+func TestOneManager(t *testing.T) {
+	c := startCluster(t, 0)
+	ctx := waitCtx(t)
+
+	spec := runtime.PluginSpec{Name: pluginName, Remote: remote, Env: []string{"DEBUG=1"}}
+	id, err := c.CreatePluginService(ctx, "vol", spec)
+	assert.NilError(t, err)
+	waitRunning(t, c, id, spec)
+	checkInstalled(t, c, id, spec)
+
+	t.Run("wait timeout", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		tasks, err := c.WaitTasks(ctx, id, func([]*api.Task) bool { return false })
+		assert.Check(t, is.Len(tasks, 1))
+		assert.Check(t, is.ErrorContains(err, "context deadline exceeded"))
+		assert.Check(t, is.ErrorContains(err, "manager"))
+		assert.Check(t, is.ErrorContains(err, "state=RUNNING"))
+	})
+
+	t.Run("env update", func(t *testing.T) {
+		spec.Env = []string{"DEBUG=2"}
+		assert.NilError(t, c.UpdateService(waitCtx(t), id, spec))
+		waitRunning(t, c, id, spec)
+		checkInstalled(t, c, id, spec)
+	})
+
+	t.Run("remove", func(t *testing.T) {
+		removeAndCheckGone(t, c, id)
+	})
+}
+
+// TestManagerAndWorkers runs a plugin service on one manager and two
+// workers, disables it, lets a third worker join, and removes it.
+func TestManagerAndWorkers(t *testing.T) {
+	c := startCluster(t, 2)
+	ctx := waitCtx(t)
+
+	spec := runtime.PluginSpec{Name: pluginName, Remote: remote, Env: []string{"DEBUG=1"}}
+	id, err := c.CreatePluginService(ctx, "vol", spec)
+	assert.NilError(t, err)
+	waitRunning(t, c, id, spec)
+	checkInstalled(t, c, id, spec)
+
+	// Every later step needs the one before.
+	ok := t.Run("disable", func(t *testing.T) {
+		spec.Disabled = true
+		assert.NilError(t, c.UpdateService(waitCtx(t), id, spec))
+		// A new task RUNNING on every node; the old task's final state is
+		// not asserted (it may end FAILED, see NOTES "Update race").
+		waitRunning(t, c, id, spec)
+		checkInstalled(t, c, id, spec)
+	})
+	ok = ok && t.Run("late worker", func(t *testing.T) {
+		n, err := c.AddWorker(waitCtx(t))
+		assert.NilError(t, err)
+		assert.Check(t, slices.Contains(c.NodeIDs(), n.ID()))
+		waitRunning(t, c, id, spec)
+		checkInstalled(t, c, id, spec)
+	})
+	if ok {
+		t.Run("remove", func(t *testing.T) {
+			removeAndCheckGone(t, c, id)
+		})
+	}
+}
+
+// TestStartFails checks that a failed Start stops what it started: goleak
+// (TestMain) finds no node left running, and no state dir is left.
+func TestStartFails(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp) // where the state dirs go
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	_, err := swarmtest.Start(ctx, swarmtest.Options{
+		Workers: 1,
+		NewBackend: func(host string) (plugin.Backend, error) {
+			if host == "worker-1" {
+				return nil, errors.New("no backend today")
+			}
+			return newBackend(host)
+		},
+	})
+	assert.Check(t, is.ErrorContains(err, "backend for worker-1: no backend today"))
+	left, err := os.ReadDir(tmp)
+	assert.NilError(t, err)
+	assert.Check(t, is.Len(left, 0), "state dirs left behind")
+
+	_, err = swarmtest.Start(ctx, swarmtest.Options{})
+	assert.Check(t, is.ErrorContains(err, "NewBackend is required"))
+}
+
+// TestPluginServiceSpec checks the service spec the harness builds and its
+// task predicates.
+func TestPluginServiceSpec(t *testing.T) {
+	spec := runtime.PluginSpec{Name: "vol", Remote: remote, Disabled: true, Env: []string{"A=1"}}
+	ss, err := swarmtest.PluginServiceSpec("svc", spec)
+	assert.NilError(t, err)
+	assert.Check(t, is.Equal(ss.Annotations.Name, "svc"))
+	_, global := ss.Mode.(*api.ServiceSpec_Global)
+	assert.Check(t, global)
+	g := ss.Task.GetGeneric()
+	assert.Assert(t, g != nil)
+	assert.Check(t, is.Equal(g.Kind, plugin.RuntimeKind))
+	assert.Check(t, is.Equal(g.Payload.TypeUrl, swarmtest.PluginTypeURL))
+	got, err := swarmtest.PluginSpecOf(&api.Task{Spec: ss.Task})
+	assert.NilError(t, err)
+	assert.Check(t, proto.Equal(&got, &spec))
+
+	_, err = swarmtest.PluginSpecOf(&api.Task{ID: "t1"})
+	assert.Check(t, is.ErrorContains(err, "not a plugin task"))
+
+	pred := swarmtest.RunningOn([]string{"a", "b"}, nil)
+	running := func(node string) *api.Task {
+		return &api.Task{NodeID: node, DesiredState: api.TaskStateRunning, Status: api.TaskStatus{State: api.TaskStateRunning}}
+	}
+	assert.Check(t, !pred([]*api.Task{running("a")}))
+	assert.Check(t, pred([]*api.Task{running("a"), running("b")}))
+	shutdown := running("b")
+	shutdown.DesiredState = api.TaskStateShutdown
+	assert.Check(t, !pred([]*api.Task{running("a"), shutdown}))
+}
