@@ -116,7 +116,7 @@ func WithProgress(w io.Writer) Option {
 }
 
 // WithLogger makes the Controller log through l instead of log.G(ctx) of
-// each call's context. Either way every line carries the task, service,
+// each call's context (an Entry without a Logger silences it). Either way every line carries the task, service,
 // plugin name and (once known) plugin ID.
 func WithLogger(l *log.Entry) Option {
 	return func(o *options) { o.logger = l }
@@ -200,22 +200,33 @@ func runtimeName(r any) string {
 	return fmt.Sprintf("%T", r)
 }
 
-// logger returns the logger for one call, with the task's fields.
-func (p *Controller) logger(ctx context.Context) *log.Entry {
+// log writes one line at level with the task's fields (and extra, if
+// any). It builds nothing when the level is disabled, so the debug line of
+// every step costs a level check in a daemon that logs at info.
+func (p *Controller) log(ctx context.Context, level log.Level, msg string, extra log.Fields) {
 	l := p.opts.logger
 	if l == nil {
 		l = log.G(ctx)
 	}
-	fields := log.Fields{
-		"controller": "plugin",
-		"task":       p.taskID,
-		"service":    p.service,
-		"plugin":     p.spec.Name,
+	if l.Logger == nil || !l.Logger.IsLevelEnabled(level) {
+		return
 	}
+	fields := make(log.Fields, 5+len(extra))
+	fields["controller"] = "plugin"
+	fields["task"] = p.taskID
+	fields["service"] = p.service
+	fields["plugin"] = p.spec.Name
 	if id := p.boundID(); id != "" {
 		fields["plugin.id"] = id
 	}
-	return l.WithFields(fields)
+	for k, v := range extra {
+		fields[k] = v
+	}
+	l.WithFields(fields).Log(level, msg)
+}
+
+func (p *Controller) debug(ctx context.Context, msg string) {
+	p.log(ctx, log.DebugLevel, msg, nil)
 }
 
 // enter checks that the Controller may still act.
@@ -243,7 +254,7 @@ func (p *Controller) Update(ctx context.Context, t *api.Task) error {
 	if err := p.enter(); err != nil {
 		return err
 	}
-	p.logger(ctx).Debug("Update")
+	p.debug(ctx, "Update")
 	return nil
 }
 
@@ -269,8 +280,7 @@ func (p *Controller) Prepare(ctx context.Context) error {
 		return err
 	}
 	defer pluginLocks.lock(p.lockKey)()
-	logger := p.logger(ctx)
-	logger.Debug("Prepare")
+	p.debug(ctx, "Prepare")
 
 	pl, err := p.backend.Get(p.spec.Name)
 	switch {
@@ -304,7 +314,7 @@ func (p *Controller) Prepare(ctx context.Context) error {
 		}
 		return err
 	}
-	p.logger(ctx).WithField("remote", reference.FamiliarString(p.remote)).Info("plugin pulled")
+	p.log(ctx, log.InfoLevel, "plugin pulled", log.Fields{"remote": reference.FamiliarString(p.remote)})
 	return nil
 }
 
@@ -317,12 +327,10 @@ func (p *Controller) prepareExisting(ctx context.Context, found *v2.Plugin) erro
 	if err != nil {
 		return err
 	}
-	logger := p.logger(ctx)
-
 	if _, pinned := p.remote.(reference.Canonical); pinned && pl.PluginObj.PluginReference == p.remote.String() {
 		missing := missingEnv(pl.PluginObj.Settings.Env, p.spec.Env)
 		if _, ok := p.backend.(Setter); !ok || len(missing) == 0 {
-			logger.Debug("plugin already at the pinned digest; nothing to do")
+			p.debug(ctx, "plugin already at the pinned digest; nothing to do")
 			return nil
 		}
 		// Only the env differs: it can be set once the plugin is disabled.
@@ -349,7 +357,7 @@ func (p *Controller) prepareExisting(ctx context.Context, found *v2.Plugin) erro
 		}
 		return err
 	}
-	logger.WithField("remote", reference.FamiliarString(p.remote)).Info("plugin upgraded")
+	p.log(ctx, log.InfoLevel, "plugin upgraded", log.Fields{"remote": reference.FamiliarString(p.remote)})
 	if _, ok := p.backend.(Setter); ok {
 		if missing := missingEnv(pl.PluginObj.Settings.Env, p.spec.Env); len(missing) > 0 {
 			return p.applyEnv(ctx, pl.GetID(), missing)
@@ -386,7 +394,7 @@ func (p *Controller) disable(ctx context.Context, pl *v2.Plugin) error {
 		}
 		return backendError(fmt.Sprintf("error disabling plugin %s", p.spec.Name), err)
 	}
-	p.logger(ctx).Info("plugin disabled")
+	p.log(ctx, log.InfoLevel, "plugin disabled", nil)
 	return nil
 }
 
@@ -394,17 +402,17 @@ func (p *Controller) disable(ctx context.Context, pl *v2.Plugin) error {
 func (p *Controller) reenable(ctx context.Context, id string) {
 	err := p.backend.Enable(id, &backend.PluginEnableConfig{Timeout: p.enableTimeoutSeconds()})
 	if err != nil {
-		p.logger(ctx).WithError(err).Warn("could not re-enable plugin after a failed upgrade")
+		p.log(ctx, log.WarnLevel, "could not re-enable plugin after a failed upgrade", log.Fields{"error": err})
 		return
 	}
-	p.logger(ctx).Info("plugin re-enabled after a failed upgrade")
+	p.log(ctx, log.InfoLevel, "plugin re-enabled after a failed upgrade", nil)
 }
 
 func (p *Controller) applyEnv(ctx context.Context, id string, env []string) error {
 	if err := p.backend.(Setter).Set(id, env); err != nil {
 		return backendError(fmt.Sprintf("error setting env of plugin %s", p.spec.Name), err)
 	}
-	p.logger(ctx).WithField("env.keys", envKeys(env)).Info("plugin env updated")
+	p.log(ctx, log.InfoLevel, "plugin env updated", log.Fields{"env.keys": envKeys(env)})
 	return nil
 }
 
@@ -481,7 +489,7 @@ func (p *Controller) Start(ctx context.Context) error {
 		return err
 	}
 	defer pluginLocks.lock(p.lockKey)()
-	p.logger(ctx).Debug("Start")
+	p.debug(ctx, "Start")
 
 	pl, err := p.current()
 	if err != nil {
@@ -499,7 +507,7 @@ func (p *Controller) Start(ctx context.Context) error {
 		}
 		return backendError(fmt.Sprintf("error enabling plugin %s", p.spec.Name), err)
 	}
-	p.logger(ctx).Info("plugin enabled")
+	p.log(ctx, log.InfoLevel, "plugin enabled", nil)
 	return nil
 }
 
@@ -522,7 +530,7 @@ func (p *Controller) Wait(ctx context.Context) error {
 	if err := p.enter(); err != nil {
 		return err
 	}
-	p.logger(ctx).Debug("Wait")
+	p.debug(ctx, "Wait")
 
 	p.opMu.Lock()
 	pl, err := p.current()
@@ -569,7 +577,7 @@ func (p *Controller) Wait(ctx context.Context) error {
 					return ErrPluginDisabled
 				}
 			}
-			p.logger(ctx).Debugf("ignoring event %T that matches the spec", e)
+			p.log(ctx, log.DebugLevel, "ignoring an event that matches the spec", log.Fields{"event": fmt.Sprintf("%T", e)})
 		}
 	}
 }
@@ -580,7 +588,7 @@ func (p *Controller) Shutdown(ctx context.Context) error {
 	if err := p.enter(); err != nil && !errors.Is(err, ErrTaskRemoved) {
 		return err
 	}
-	p.logger(ctx).Debug("Shutdown")
+	p.debug(ctx, "Shutdown")
 	return nil
 }
 
@@ -590,7 +598,7 @@ func (p *Controller) Terminate(ctx context.Context) error {
 	if err := p.enter(); err != nil && !errors.Is(err, ErrTaskRemoved) {
 		return err
 	}
-	p.logger(ctx).Debug("Terminate")
+	p.debug(ctx, "Terminate")
 	return nil
 }
 
@@ -612,8 +620,7 @@ func (p *Controller) Remove(ctx context.Context) error {
 	if removed {
 		return nil
 	}
-	logger := p.logger(ctx)
-	logger.Debug("Remove")
+	p.debug(ctx, "Remove")
 
 	defer pluginLocks.lock(p.lockKey)()
 	holders.mu.Lock()
@@ -637,13 +644,13 @@ func (p *Controller) Remove(ctx context.Context) error {
 		// Not ours (any more): someone else's plugin now has the name.
 		holders.forgetLocked(p.backend, id, p.taskID)
 		p.markRemoved()
-		logger.Debug("plugin is not this service's; leaving it alone")
+		p.debug(ctx, "plugin is not this service's; leaving it alone")
 		return nil
 	}
 	holders.releaseLocked(p.backend, pl, p.taskID)
 	if n := pl.GetRefCount(); n > 0 {
 		p.markRemoved()
-		logger.WithField("references", n).Debug("plugin still in use; keeping it")
+		p.log(ctx, log.DebugLevel, "plugin still in use; keeping it", log.Fields{"references": n})
 		return nil
 	}
 	if err := p.backend.Remove(pl.GetID(), &backend.PluginRmConfig{ForceRemove: true}); err != nil && !cerrdefs.IsNotFound(err) {
@@ -655,7 +662,7 @@ func (p *Controller) Remove(ctx context.Context) error {
 		return backendError(fmt.Sprintf("error removing plugin %s", p.spec.Name), err)
 	}
 	p.markRemoved()
-	logger.Info("plugin removed")
+	p.log(ctx, log.InfoLevel, "plugin removed", nil)
 	return nil
 }
 
