@@ -22,6 +22,7 @@ import (
 	"github.com/gogo/protobuf/proto"
 	"github.com/moby/swarmkit/v2/agent/exec"
 	"github.com/moby/swarmkit/v2/api"
+	swarmlog "github.com/moby/swarmkit/v2/log"
 )
 
 // RuntimeKind is the Kind of the generic runtime spec that carries a
@@ -47,12 +48,12 @@ const DefaultEnableTimeout = 30 * time.Second
 // exec.ErrControllerClosed.
 type Controller struct {
 	backend Backend
-	spec    runtime.PluginSpec // Name defaulted to the remote; never changes
+	spec    *runtime.PluginSpec // Name defaulted to the remote; shared, never modified
 	remote  reference.Named
 	taskID  string
 	service string
 	opts    options
-	lockKey string // the plugin's normalised name, for pluginLocks
+	lock    *sync.Mutex // the plugin's stripe of pluginLocks
 
 	// opMu serialises the steps that change the plugin or the task's
 	// reference (Prepare, Start, Remove and Wait's binding), so a late
@@ -115,8 +116,8 @@ func WithProgress(w io.Writer) Option {
 	}
 }
 
-// WithLogger makes the Controller log through l instead of log.G(ctx) of
-// each call's context (an Entry without a Logger silences it). Either way every line carries the task, service,
+// WithLogger makes the Controller log through l instead of the logger of
+// each call's context (swarmkit's agent logger, else log.G(ctx)) (an Entry without a Logger silences it). Either way every line carries the task, service,
 // plugin name and (once known) plugin ID.
 func WithLogger(l *log.Entry) Option {
 	return func(o *options) { o.logger = l }
@@ -139,19 +140,19 @@ func New(backend Backend, t *api.Task, opts ...Option) (*Controller, error) {
 	if backend == nil {
 		return nil, withDetail(ErrInvalidSpec, "nil backend", nil)
 	}
-	spec, remote, err := readSpec(t)
+	d, err := readSpec(t)
 	if err != nil {
 		return nil, err
 	}
 	c := &Controller{
 		backend:  backend,
-		spec:     spec,
-		remote:   remote,
+		spec:     &d.spec,
+		remote:   d.remote,
 		taskID:   t.ID,
 		service:  t.ServiceID,
 		opts:     options{enableTimeout: DefaultEnableTimeout, progress: io.Discard},
 		closedCh: make(chan struct{}),
-		lockKey:  lockKey(spec.Name),
+		lock:     pluginLock(d.spec.Name),
 	}
 	for _, o := range opts {
 		if o != nil {
@@ -161,36 +162,75 @@ func New(backend Backend, t *api.Task, opts ...Option) (*Controller, error) {
 	return c, nil
 }
 
-// readSpec decodes and validates the plugin spec a task carries; it
-// defaults Name to the remote, as upstream's Prepare does.
-func readSpec(t *api.Task) (runtime.PluginSpec, reference.Named, error) {
-	var spec runtime.PluginSpec
+// readSpec decodes and validates the plugin spec a task carries and parses
+// its remote; it defaults Name to the remote, as upstream's Prepare does.
+func readSpec(t *api.Task) (*decodedSpec, error) {
 	if t == nil {
-		return spec, nil, withDetail(ErrInvalidSpec, "nil task", nil)
+		return nil, withDetail(ErrInvalidSpec, "nil task", nil)
 	}
 	generic := t.Spec.GetGeneric()
 	if generic == nil {
-		return spec, nil, withDetail(ErrInvalidSpec, fmt.Sprintf("task %s: runtime %s is not a generic plugin runtime", t.ID, runtimeName(t.Spec.Runtime)), nil)
+		return nil, withDetail(ErrInvalidSpec, fmt.Sprintf("task %s: runtime %s is not a generic plugin runtime", t.ID, runtimeName(t.Spec.Runtime)), nil)
 	}
 	if !strings.EqualFold(generic.Kind, RuntimeKind) {
-		return spec, nil, withDetail(ErrInvalidSpec, fmt.Sprintf("task %s: generic runtime kind %q is not %q", t.ID, generic.Kind, RuntimeKind), nil)
+		return nil, withDetail(ErrInvalidSpec, fmt.Sprintf("task %s: generic runtime kind %q is not %q", t.ID, generic.Kind, RuntimeKind), nil)
 	}
 	if generic.Payload == nil {
-		return spec, nil, withDetail(ErrInvalidSpec, fmt.Sprintf("task %s: generic runtime has no payload", t.ID), nil)
+		return nil, withDetail(ErrInvalidSpec, fmt.Sprintf("task %s: generic runtime has no payload", t.ID), nil)
 	}
+	if d := specs.get(generic.Payload.Value); d != nil {
+		return d, nil
+	}
+	var spec runtime.PluginSpec
 	if err := proto.Unmarshal(generic.Payload.Value, &spec); err != nil {
-		return spec, nil, withDetail(ErrInvalidSpec, "error reading plugin spec", err)
+		return nil, withDetail(ErrInvalidSpec, "error reading plugin spec", err)
 	}
 	remote, err := reference.ParseNormalizedNamed(spec.Remote)
 	if err != nil {
-		return spec, nil, withDetail(ErrInvalidSpec, fmt.Sprintf("error parsing remote reference %q", spec.Remote), err)
+		return nil, withDetail(ErrInvalidSpec, fmt.Sprintf("error parsing remote reference %q", spec.Remote), err)
 	}
 	if spec.Name == "" {
 		spec.Name = remote.String()
-	} else if _, err := reference.ParseNormalizedNamed(spec.Name); err != nil {
-		return spec, nil, withDetail(ErrInvalidSpec, fmt.Sprintf("error parsing plugin name %q", spec.Name), err)
 	}
-	return spec, remote, nil
+	// A bad Name is left to the Backend, which refuses it (invalid
+	// argument) at Pull, as upstream.
+	d := &decodedSpec{spec: spec, remote: remote}
+	specs.put(generic.Payload.Value, d)
+	return d, nil
+}
+
+// specs caches decoded payloads: every task of a service on a node (one per
+// restart, per node, per rollback) carries the same payload, so it is
+// decoded and parsed once. Entries are never modified after they are
+// stored; the Controller only reads its spec.
+var specs = specCache{m: make(map[string]*decodedSpec)}
+
+type decodedSpec struct {
+	spec   runtime.PluginSpec
+	remote reference.Named
+}
+
+type specCache struct {
+	mu sync.RWMutex
+	m  map[string]*decodedSpec
+}
+
+// maxCachedSpecs bounds the cache; when full it starts over.
+const maxCachedSpecs = 256
+
+func (c *specCache) get(payload []byte) *decodedSpec {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.m[string(payload)]
+}
+
+func (c *specCache) put(payload []byte, d *decodedSpec) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= maxCachedSpecs {
+		clear(c.m)
+	}
+	c.m[string(payload)] = d
 }
 
 func runtimeName(r any) string {
@@ -206,12 +246,15 @@ func runtimeName(r any) string {
 func (p *Controller) log(ctx context.Context, level log.Level, msg string, extra log.Fields) {
 	l := p.opts.logger
 	if l == nil {
-		l = log.G(ctx)
+		l = contextLogger(ctx)
 	}
 	if l.Logger == nil || !l.Logger.IsLevelEnabled(level) {
 		return
 	}
-	fields := make(log.Fields, 5+len(extra))
+	fields := make(log.Fields, len(l.Data)+5+len(extra))
+	for k, v := range l.Data {
+		fields[k] = v
+	}
 	fields["controller"] = "plugin"
 	fields["task"] = p.taskID
 	fields["service"] = p.service
@@ -222,7 +265,24 @@ func (p *Controller) log(ctx context.Context, level log.Level, msg string, extra
 	for k, v := range extra {
 		fields[k] = v
 	}
-	l.WithFields(fields).Log(level, msg)
+	// One Entry with every field, rather than WithFields' copies of copies.
+	e := &log.Entry{Logger: l.Logger, Data: fields, Context: l.Context}
+	if e.Context == nil {
+		e.Context = ctx
+	}
+	e.Log(level, msg)
+}
+
+// contextLogger returns the logger ctx carries. swarmkit's agent attaches
+// its per-task logger (fields task.id, service.id, module) with its own
+// log package, whose context key github.com/containerd/log does not see, so
+// that one comes first; then containerd/log's (moby's daemon), whose G
+// falls back to its standard logger.
+func contextLogger(ctx context.Context) *log.Entry {
+	if l := swarmlog.G(ctx); l != swarmlog.L {
+		return l
+	}
+	return log.G(ctx)
 }
 
 func (p *Controller) debug(ctx context.Context, msg string) {
@@ -279,7 +339,8 @@ func (p *Controller) Prepare(ctx context.Context) error {
 	if err := p.enter(); err != nil {
 		return err
 	}
-	defer pluginLocks.lock(p.lockKey)()
+	p.lock.Lock()
+	defer p.lock.Unlock()
 	p.debug(ctx, "Prepare")
 
 	pl, err := p.backend.Get(p.spec.Name)
@@ -385,7 +446,7 @@ func (p *Controller) disableForChange(ctx context.Context, pl *v2.Plugin, why st
 // one else (a volume, a network, a log driver) uses the plugin.
 func (p *Controller) disable(ctx context.Context, pl *v2.Plugin) error {
 	id := pl.GetID()
-	if others := pl.GetRefCount() - holders.count(p.backend, id); others > 0 {
+	if others := pl.GetRefCount() - holders.holders(p.backend, id); others > 0 {
 		return exec.MakeTemporary(withDetail(ErrPluginInUse, fmt.Sprintf("%s has %d reference(s) besides service %s's tasks", p.spec.Name, others, p.service), nil))
 	}
 	if err := p.backend.Disable(id, &backend.PluginDisableConfig{ForceDisable: true}); err != nil {
@@ -488,7 +549,8 @@ func (p *Controller) Start(ctx context.Context) error {
 	if err := p.enter(); err != nil {
 		return err
 	}
-	defer pluginLocks.lock(p.lockKey)()
+	p.lock.Lock()
+	defer p.lock.Unlock()
 	p.debug(ctx, "Start")
 
 	pl, err := p.current()
@@ -532,16 +594,21 @@ func (p *Controller) Wait(ctx context.Context) error {
 	}
 	p.debug(ctx, "Wait")
 
-	p.opMu.Lock()
-	pl, err := p.current()
-	p.opMu.Unlock()
-	if err != nil {
-		if cerrdefs.IsNotFound(err) {
-			return withDetail(ErrPluginRemoved, "", err)
+	// A task bound by Prepare or Start already holds its reference; a
+	// resumed one binds (and takes it) now.
+	id := p.boundID()
+	if id == "" {
+		p.opMu.Lock()
+		pl, err := p.current()
+		p.opMu.Unlock()
+		if err != nil {
+			if cerrdefs.IsNotFound(err) {
+				return withDetail(ErrPluginRemoved, "", err)
+			}
+			return err
 		}
-		return err
+		id = pl.GetID()
 	}
-	id := pl.GetID()
 	watched := types.Plugin{ID: id}
 	events, cancel := p.backend.SubscribeEvents(1, plugin.EventDisable{Plugin: watched}, plugin.EventRemove{Plugin: watched}, plugin.EventEnable{Plugin: watched})
 	if cancel != nil {
@@ -551,6 +618,18 @@ func (p *Controller) Wait(ctx context.Context) error {
 		return withDetail(errBackend, "SubscribeEvents returned a nil channel", nil)
 	}
 
+	// Look at the plugin only once subscribed: any change after this point
+	// arrives as an event, and one before it shows in the state (a plugin
+	// removed in between is gone, not silently waited on).
+	pl, err := p.backend.Get(id)
+	switch {
+	case cerrdefs.IsNotFound(err):
+		return withDetail(ErrPluginRemoved, "", err)
+	case err != nil:
+		return backendError(fmt.Sprintf("error looking up plugin %s", p.spec.Name), err)
+	case pl == nil:
+		return withDetail(errBackend, "Get returned neither a plugin nor an error", nil)
+	}
 	if !p.spec.Disabled != pl.IsEnabled() {
 		return ErrMismatchedState
 	}
@@ -622,7 +701,8 @@ func (p *Controller) Remove(ctx context.Context) error {
 	}
 	p.debug(ctx, "Remove")
 
-	defer pluginLocks.lock(p.lockKey)()
+	p.lock.Lock()
+	defer p.lock.Unlock()
 	holders.mu.Lock()
 	defer holders.mu.Unlock()
 	nameOrID := id
@@ -732,16 +812,25 @@ func envKeys(env []string) []string {
 // Controllers swarmkit creates for it (a new one after every agent
 // restart), and so that Start can tell this service's references from other
 // users'. Acquire and Release on a plugin happen only under holders.mu.
-var holders = holderTable{m: make(map[holderKey]map[string]struct{})}
+var holders = holderTable{
+	tasks: make(map[holderTask]struct{}),
+	count: make(map[holderKey]int),
+}
 
 type holderTable struct {
-	mu sync.Mutex
-	m  map[holderKey]map[string]struct{} // task IDs
+	mu    sync.Mutex
+	tasks map[holderTask]struct{} // which task holds a reference on which plugin
+	count map[holderKey]int       // how many tasks hold one, per plugin
 }
 
 type holderKey struct {
 	backend  any // the Backend when comparable, nil otherwise
 	pluginID string
+}
+
+type holderTask struct {
+	holderKey
+	taskID string
 }
 
 func keyFor(b Backend, id string) holderKey {
@@ -752,94 +841,59 @@ func keyFor(b Backend, id string) holderKey {
 	return k
 }
 
-func (h *holderTable) count(b Backend, id string) int {
+func (h *holderTable) holders(b Backend, id string) int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return len(h.m[keyFor(b, id)])
+	return h.count[keyFor(b, id)]
 }
 
 func (h *holderTable) acquireLocked(b Backend, pl *v2.Plugin, taskID string) {
-	k := keyFor(b, pl.GetID())
-	tasks := h.m[k]
-	if _, ok := tasks[taskID]; ok {
+	t := holderTask{keyFor(b, pl.GetID()), taskID}
+	if _, ok := h.tasks[t]; ok {
 		return
 	}
-	if tasks == nil {
-		tasks = make(map[string]struct{})
-		h.m[k] = tasks
-	}
-	tasks[taskID] = struct{}{}
+	h.tasks[t] = struct{}{}
+	h.count[t.holderKey]++
 	pl.Acquire()
 }
 
 func (h *holderTable) releaseLocked(b Backend, pl *v2.Plugin, taskID string) {
-	k := keyFor(b, pl.GetID())
-	tasks := h.m[k]
-	if _, ok := tasks[taskID]; !ok {
-		return
+	if h.forgetLocked(b, pl.GetID(), taskID) {
+		pl.Release()
 	}
-	delete(tasks, taskID)
-	if len(tasks) == 0 {
-		delete(h.m, k)
-	}
-	pl.Release()
 }
 
-func (h *holderTable) forgetLocked(b Backend, id, taskID string) {
+// forgetLocked drops the record of taskID's reference and reports whether
+// there was one.
+func (h *holderTable) forgetLocked(b Backend, id, taskID string) bool {
 	if id == "" {
-		return
+		return false
 	}
-	k := keyFor(b, id)
-	delete(h.m[k], taskID)
-	if len(h.m[k]) == 0 {
-		delete(h.m, k)
+	t := holderTask{keyFor(b, id), taskID}
+	if _, ok := h.tasks[t]; !ok {
+		return false
 	}
+	delete(h.tasks, t)
+	if h.count[t.holderKey]--; h.count[t.holderKey] <= 0 {
+		delete(h.count, t.holderKey)
+	}
+	return true
 }
 
-// lockKey normalises a plugin name the way the Manager does, so that "vol"
-// and "vol:latest" share a lock.
-func lockKey(name string) string {
-	ref, err := reference.ParseNormalizedNamed(name)
-	if err != nil {
-		return name
+// pluginLocks serialise the steps that change a plugin (Prepare, Start,
+// Remove) across all the Controllers of a process, so that one task's
+// disable-then-upgrade cannot interleave with another task's enable. A
+// plugin's lock is chosen by the spec's Name, which is the same string in
+// every task of the plugin's one owning service; unrelated plugins may
+// share a stripe, which costs only waiting. A Controller holds at most one
+// of them at a time.
+var pluginLocks [64]sync.Mutex
+
+func pluginLock(name string) *sync.Mutex {
+	h := uint32(2166136261) // FNV-1a
+	for i := 0; i < len(name); i++ {
+		h ^= uint32(name[i])
+		h *= 16777619
 	}
-	return reference.FamiliarString(reference.TagNameOnly(ref))
-}
-
-// pluginLocks serialises the steps that change one plugin (Prepare, Start,
-// Remove) across all the Controllers of a process: a disable followed by an
-// upgrade must not interleave with another task's enable.
-var pluginLocks = keyedMutex{m: make(map[string]*keyedEntry)}
-
-type keyedMutex struct {
-	mu sync.Mutex
-	m  map[string]*keyedEntry
-}
-
-type keyedEntry struct {
-	mu    sync.Mutex
-	users int
-}
-
-// lock locks key and returns the function that unlocks it.
-func (k *keyedMutex) lock(key string) (unlock func()) {
-	k.mu.Lock()
-	e := k.m[key]
-	if e == nil {
-		e = &keyedEntry{}
-		k.m[key] = e
-	}
-	e.users++
-	k.mu.Unlock()
-
-	e.mu.Lock()
-	return func() {
-		e.mu.Unlock()
-		k.mu.Lock()
-		e.users--
-		if e.users == 0 {
-			delete(k.m, key)
-		}
-		k.mu.Unlock()
-	}
+	return &pluginLocks[h%uint32(len(pluginLocks))]
 }

@@ -28,6 +28,7 @@ import (
 	gogotypes "github.com/gogo/protobuf/types"
 	"github.com/moby/swarmkit/v2/agent/exec"
 	"github.com/moby/swarmkit/v2/api"
+	swarmlog "github.com/moby/swarmkit/v2/log"
 	"github.com/sirupsen/logrus"
 	"go.uber.org/goleak"
 	"gotest.tools/v3/assert"
@@ -465,7 +466,6 @@ func TestNewControllerRejectsBadInput(t *testing.T) {
 		"garbage payload":    generic("plugin", &gogotypes.Any{Value: []byte{0xff, 0xff, 0xff}}),
 		"empty remote":       task(t, "t", service, runtime.PluginSpec{Name: name}),
 		"bad remote":         task(t, "t", service, runtime.PluginSpec{Remote: "UPPER/Case::x"}),
-		"bad name":           task(t, "t", service, runtime.PluginSpec{Name: "no spaces allowed", Remote: remote}),
 	}
 	for desc, tk := range cases {
 		t.Run(desc, func(t *testing.T) {
@@ -478,6 +478,13 @@ func TestNewControllerRejectsBadInput(t *testing.T) {
 	t.Run("bad remote names it", func(t *testing.T) {
 		_, err := plugin.NewController(plugintest.NewBackend(), cases["bad remote"])
 		assert.ErrorContains(t, err, `error parsing remote reference "UPPER/Case::x"`)
+	})
+	t.Run("bad name is refused at Prepare", func(t *testing.T) {
+		c, err := plugin.NewController(plugintest.NewBackend(), task(t, "t", service, runtime.PluginSpec{Name: "no spaces allowed", Remote: remote}))
+		assert.NilError(t, err)
+		err = c.Prepare(context.Background())
+		assert.Assert(t, cerrdefs.IsInvalidArgument(err), "%v", err)
+		assert.Assert(t, !exec.IsTemporary(err))
 	})
 	t.Run("nil backend", func(t *testing.T) {
 		_, err := plugin.NewController(nil, good)
@@ -1307,6 +1314,23 @@ func TestPinnedDigestEnvChange(t *testing.T) {
 	assert.NilError(t, c2.Start(ctx))
 }
 
+// swarmkit's agent hands each controller a context whose logger (its own
+// log package) carries the task's fields; they reach our lines.
+func TestLoggingKeepsAgentFields(t *testing.T) {
+	lg := logrus.New()
+	lg.SetOutput(io.Discard)
+	lg.SetLevel(logrus.DebugLevel)
+	capture := &logCapture{}
+	lg.AddHook(capture)
+	ctx := swarmlog.WithLogger(context.Background(), logrus.NewEntry(lg).WithFields(logrus.Fields{"task.id": "task-1", "module": "node/agent/taskmanager"}))
+	c := newController(t, plugintest.NewBackend(), "task-1", spec(remote, false))
+	assert.NilError(t, c.Prepare(ctx))
+	assert.Assert(t, len(capture.lines) > 0)
+	for _, line := range capture.lines {
+		assert.Assert(t, strings.Contains(line, "module=node/agent/taskmanager") && strings.Contains(line, "plugin=vol"), line)
+	}
+}
+
 func TestWithLogger(t *testing.T) {
 	lg := logrus.New()
 	lg.SetOutput(io.Discard)
@@ -1420,4 +1444,17 @@ func FuzzLifecycle(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestWaitOnPluginRemovedBeforeWait(t *testing.T) {
+	for _, disabled := range []bool{false, true} {
+		b := plugintest.NewBackend()
+		ctx := context.Background()
+		c := newController(t, b, "task-1", spec(remote, disabled))
+		assert.NilError(t, c.Prepare(ctx))
+		assert.NilError(t, c.Start(ctx))
+		assert.NilError(t, b.Remove(name, &backend.PluginRmConfig{ForceRemove: true}))
+		err := c.Wait(ctx) // ctx never ends: it must not wait on a plugin that is gone
+		assert.ErrorIs(t, err, plugin.ErrPluginRemoved)
+	}
 }
