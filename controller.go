@@ -129,7 +129,12 @@ func WithLogger(l *log.Entry) Option {
 //
 // Errors are classified invalid argument (cerrdefs.IsInvalidArgument) and
 // match ErrInvalidSpec: a nil backend or task, another runtime, a payload
-// that does not decode, a remote or name that is not a valid reference.
+// that does not decode, a remote that is not a valid reference. A Name that
+// is not a valid reference is refused by the Backend at Prepare (an error
+// classified invalid argument with moby's Manager), as upstream.
+//
+// Decoded payloads are cached (every task of a service carries the same
+// one), so creating a Controller for a spec already seen costs no decoding.
 func NewController(backend Backend, t *api.Task) (*Controller, error) {
 	return New(backend, t)
 }

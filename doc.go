@@ -72,7 +72,7 @@
 // differ:
 //
 //   - Bad input (nil task, another runtime, no or undecodable payload, bad
-//     remote or name) is an error classified invalid argument, never a panic.
+//     remote) is an error classified invalid argument, never a panic.
 //   - A resumed task binds to its plugin by name; upstream calls Get("").
 //   - Exactly one reference per task, released at most once; upstream
 //     leaks or double-releases on retried or failed steps.

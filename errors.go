@@ -42,7 +42,7 @@ var (
 
 	// ErrInvalidSpec: the task does not carry a usable plugin spec (no
 	// task, not a generic "plugin" runtime, an undecodable payload, or a
-	// remote or name that is not a valid reference). Classified invalid
+	// remote that is not a valid reference). Classified invalid
 	// argument; the wrapped cause, if any, stays reachable with errors.Is
 	// and errors.As.
 	ErrInvalidSpec error = &classError{msg: "invalid plugin spec", class: cerrdefs.ErrInvalidArgument}
