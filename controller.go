@@ -48,8 +48,7 @@ const DefaultEnableTimeout = 30 * time.Second
 // exec.ErrControllerClosed.
 type Controller struct {
 	backend Backend
-	spec    *runtime.PluginSpec // Name defaulted to the remote; shared, never modified
-	remote  reference.Named
+	d       *decodedSpec // the spec (Name defaulted) and parsed remote; shared, never modified
 	taskID  string
 	service string
 	opts    options
@@ -151,8 +150,7 @@ func New(backend Backend, t *api.Task, opts ...Option) (*Controller, error) {
 	}
 	c := &Controller{
 		backend:  backend,
-		spec:     &d.spec,
-		remote:   d.remote,
+		d:        d,
 		taskID:   t.ID,
 		service:  t.ServiceID,
 		opts:     options{enableTimeout: DefaultEnableTimeout, progress: io.Discard},
@@ -263,7 +261,7 @@ func (p *Controller) log(ctx context.Context, level log.Level, msg string, extra
 	fields["controller"] = "plugin"
 	fields["task"] = p.taskID
 	fields["service"] = p.service
-	fields["plugin"] = p.spec.Name
+	fields["plugin"] = p.d.spec.Name
 	if id := p.boundID(); id != "" {
 		fields["plugin.id"] = id
 	}
@@ -348,53 +346,53 @@ func (p *Controller) Prepare(ctx context.Context) error {
 	defer p.lock.Unlock()
 	p.debug(ctx, "Prepare")
 
-	pl, err := p.backend.Get(p.spec.Name)
+	pl, err := p.backend.Get(p.d.spec.Name)
 	switch {
 	case err == nil && pl == nil:
 		return withDetail(errBackend, "Get returned neither a plugin nor an error", nil)
 	case err == nil:
 		return p.prepareExisting(ctx, pl)
 	case !cerrdefs.IsNotFound(err):
-		return backendError(fmt.Sprintf("error looking up plugin %s", p.spec.Name), err)
+		return backendError(fmt.Sprintf("error looking up plugin %s", p.d.spec.Name), err)
 	}
 
 	auth, err := p.authFor(ctx)
 	if err != nil {
 		return err
 	}
-	privs := convertPrivileges(p.spec.Privileges)
-	if err := p.backend.Pull(ctx, p.remote, p.spec.Name, nil, auth, privs, p.opts.progress,
-		plugin.WithSwarmService(p.service), plugin.WithEnv(p.spec.Env)); err != nil {
+	privs := convertPrivileges(p.d.spec.Privileges)
+	if err := p.backend.Pull(ctx, p.d.remote, p.d.spec.Name, nil, auth, privs, p.opts.progress,
+		plugin.WithSwarmService(p.service), plugin.WithEnv(p.d.spec.Env)); err != nil {
 		if cerrdefs.IsConflict(err) || cerrdefs.IsAlreadyExists(err) {
 			// Installed between our Get and Pull (by another task of this
 			// service, or by someone else): retry, and the next Prepare
 			// takes the existing-plugin path with its ownership check.
-			return exec.MakeTemporary(backendError(fmt.Sprintf("error pulling plugin %s", p.spec.Name), err))
+			return exec.MakeTemporary(backendError(fmt.Sprintf("error pulling plugin %s", p.d.spec.Name), err))
 		}
-		return backendError(fmt.Sprintf("error pulling plugin %s from %s", p.spec.Name, reference.FamiliarString(p.remote)), err)
+		return backendError(fmt.Sprintf("error pulling plugin %s from %s", p.d.spec.Name, reference.FamiliarString(p.d.remote)), err)
 	}
-	if _, err := p.bind(p.spec.Name); err != nil {
+	if _, err := p.bind(p.d.spec.Name); err != nil {
 		if cerrdefs.IsNotFound(err) {
 			// Removed between our Pull and bind: pull again.
 			return exec.MakeTemporary(err)
 		}
 		return err
 	}
-	p.log(ctx, log.InfoLevel, "plugin pulled", log.Fields{"remote": reference.FamiliarString(p.remote)})
+	p.log(ctx, log.InfoLevel, "plugin pulled", log.Fields{"remote": reference.FamiliarString(p.d.remote)})
 	return nil
 }
 
 // prepareExisting handles Prepare for a plugin that is already installed.
 func (p *Controller) prepareExisting(ctx context.Context, found *v2.Plugin) error {
 	if found.SwarmServiceID != p.service || p.service == "" {
-		return withDetail(ErrPluginExists, p.spec.Name, nil)
+		return withDetail(ErrPluginExists, p.d.spec.Name, nil)
 	}
 	pl, err := p.bind(found.GetID())
 	if err != nil {
 		return err
 	}
-	if _, pinned := p.remote.(reference.Canonical); pinned && pl.PluginObj.PluginReference == p.remote.String() {
-		missing := missingEnv(pl.PluginObj.Settings.Env, p.spec.Env)
+	if _, pinned := p.d.remote.(reference.Canonical); pinned && pl.PluginObj.PluginReference == p.d.remote.String() {
+		missing := missingEnv(pl.PluginObj.Settings.Env, p.d.spec.Env)
 		if _, ok := p.backend.(Setter); !ok || len(missing) == 0 {
 			p.debug(ctx, "plugin already at the pinned digest; nothing to do")
 			return nil
@@ -412,9 +410,9 @@ func (p *Controller) prepareExisting(ctx context.Context, found *v2.Plugin) erro
 	}
 	auth, err := p.authFor(ctx)
 	if err == nil {
-		err = p.backend.Upgrade(ctx, p.remote, p.spec.Name, nil, auth, convertPrivileges(p.spec.Privileges), p.opts.progress)
+		err = p.backend.Upgrade(ctx, p.d.remote, p.d.spec.Name, nil, auth, convertPrivileges(p.d.spec.Privileges), p.opts.progress)
 		if err != nil {
-			err = backendError(fmt.Sprintf("error upgrading plugin %s to %s", p.spec.Name, reference.FamiliarString(p.remote)), err)
+			err = backendError(fmt.Sprintf("error upgrading plugin %s to %s", p.d.spec.Name, reference.FamiliarString(p.d.remote)), err)
 		}
 	}
 	if err != nil {
@@ -423,9 +421,9 @@ func (p *Controller) prepareExisting(ctx context.Context, found *v2.Plugin) erro
 		}
 		return err
 	}
-	p.log(ctx, log.InfoLevel, "plugin upgraded", log.Fields{"remote": reference.FamiliarString(p.remote)})
+	p.log(ctx, log.InfoLevel, "plugin upgraded", log.Fields{"remote": reference.FamiliarString(p.d.remote)})
 	if _, ok := p.backend.(Setter); ok {
-		if missing := missingEnv(pl.PluginObj.Settings.Env, p.spec.Env); len(missing) > 0 {
+		if missing := missingEnv(pl.PluginObj.Settings.Env, p.d.spec.Env); len(missing) > 0 {
 			return p.applyEnv(ctx, pl.GetID(), missing)
 		}
 	}
@@ -439,7 +437,7 @@ func (p *Controller) disableForChange(ctx context.Context, pl *v2.Plugin, why st
 		return nil
 	}
 	if err := p.disable(ctx, pl); err != nil {
-		return fmt.Errorf("cannot disable plugin %s to %s: %w", p.spec.Name, why, err)
+		return fmt.Errorf("cannot disable plugin %s to %s: %w", p.d.spec.Name, why, err)
 	}
 	return nil
 }
@@ -452,13 +450,13 @@ func (p *Controller) disableForChange(ctx context.Context, pl *v2.Plugin, why st
 func (p *Controller) disable(ctx context.Context, pl *v2.Plugin) error {
 	id := pl.GetID()
 	if others := pl.GetRefCount() - holders.holders(p.backend, id); others > 0 {
-		return exec.MakeTemporary(withDetail(ErrPluginInUse, fmt.Sprintf("%s has %d reference(s) besides service %s's tasks", p.spec.Name, others, p.service), nil))
+		return exec.MakeTemporary(withDetail(ErrPluginInUse, fmt.Sprintf("%s has %d reference(s) besides service %s's tasks", p.d.spec.Name, others, p.service), nil))
 	}
 	if err := p.backend.Disable(id, &backend.PluginDisableConfig{ForceDisable: true}); err != nil {
 		if !pl.IsEnabled() {
 			return nil // someone else disabled it meanwhile
 		}
-		return backendError(fmt.Sprintf("error disabling plugin %s", p.spec.Name), err)
+		return backendError(fmt.Sprintf("error disabling plugin %s", p.d.spec.Name), err)
 	}
 	p.log(ctx, log.InfoLevel, "plugin disabled", nil)
 	return nil
@@ -476,7 +474,7 @@ func (p *Controller) reenable(ctx context.Context, id string) {
 
 func (p *Controller) applyEnv(ctx context.Context, id string, env []string) error {
 	if err := p.backend.(Setter).Set(id, env); err != nil {
-		return backendError(fmt.Sprintf("error setting env of plugin %s", p.spec.Name), err)
+		return backendError(fmt.Sprintf("error setting env of plugin %s", p.d.spec.Name), err)
 	}
 	p.log(ctx, log.InfoLevel, "plugin env updated", log.Fields{"env.keys": envKeys(env)})
 	return nil
@@ -487,9 +485,9 @@ func (p *Controller) authFor(ctx context.Context) (*registry.AuthConfig, error) 
 	if p.opts.auth == nil {
 		return &registry.AuthConfig{}, nil
 	}
-	cfg, err := p.opts.auth(ctx, p.remote)
+	cfg, err := p.opts.auth(ctx, p.d.remote)
 	if err != nil {
-		wrapped := &causeError{msg: fmt.Sprintf("error getting registry credentials for %s", reference.Domain(p.remote)), cause: err}
+		wrapped := &causeError{msg: fmt.Sprintf("error getting registry credentials for %s", reference.Domain(p.d.remote)), cause: err}
 		if !hasClass(err) {
 			wrapped.class = cerrdefs.ErrUnknown
 		}
@@ -512,7 +510,7 @@ func (p *Controller) bind(nameOrID string) (*v2.Plugin, error) {
 	defer holders.mu.Unlock()
 	pl, err := p.backend.Get(nameOrID)
 	if err != nil {
-		return nil, backendError(fmt.Sprintf("error looking up plugin %s", p.spec.Name), err)
+		return nil, backendError(fmt.Sprintf("error looking up plugin %s", p.d.spec.Name), err)
 	}
 	if pl == nil {
 		return nil, withDetail(errBackend, "Get returned neither a plugin nor an error", nil)
@@ -522,7 +520,7 @@ func (p *Controller) bind(nameOrID string) (*v2.Plugin, error) {
 		return nil, withDetail(errBackend, "plugin has an empty ID", nil)
 	}
 	if pl.SwarmServiceID != p.service || p.service == "" {
-		return nil, withDetail(ErrPluginExists, p.spec.Name, nil)
+		return nil, withDetail(ErrPluginExists, p.d.spec.Name, nil)
 	}
 	holders.acquireLocked(p.backend, pl, p.taskID)
 	p.mu.Lock()
@@ -538,7 +536,7 @@ func (p *Controller) current() (*v2.Plugin, error) {
 	if id := p.boundID(); id != "" {
 		return p.bind(id)
 	}
-	return p.bind(p.spec.Name)
+	return p.bind(p.d.spec.Name)
 }
 
 // Start is the start phase from swarmkit. It brings the plugin to the
@@ -562,7 +560,7 @@ func (p *Controller) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if p.spec.Disabled {
+	if p.d.spec.Disabled {
 		return p.disableForChange(ctx, pl, "match the spec")
 	}
 	if pl.IsEnabled() {
@@ -572,7 +570,7 @@ func (p *Controller) Start(ctx context.Context) error {
 		if pl.IsEnabled() {
 			return nil // enabled meanwhile, by another task of the service
 		}
-		return backendError(fmt.Sprintf("error enabling plugin %s", p.spec.Name), err)
+		return backendError(fmt.Sprintf("error enabling plugin %s", p.d.spec.Name), err)
 	}
 	p.log(ctx, log.InfoLevel, "plugin enabled", nil)
 	return nil
@@ -631,11 +629,11 @@ func (p *Controller) Wait(ctx context.Context) error {
 	case cerrdefs.IsNotFound(err):
 		return withDetail(ErrPluginRemoved, "", err)
 	case err != nil:
-		return backendError(fmt.Sprintf("error looking up plugin %s", p.spec.Name), err)
+		return backendError(fmt.Sprintf("error looking up plugin %s", p.d.spec.Name), err)
 	case pl == nil:
 		return withDetail(errBackend, "Get returned neither a plugin nor an error", nil)
 	}
-	if !p.spec.Disabled != pl.IsEnabled() {
+	if !p.d.spec.Disabled != pl.IsEnabled() {
 		return ErrMismatchedState
 	}
 
@@ -651,13 +649,13 @@ func (p *Controller) Wait(ctx context.Context) error {
 			}
 			switch e.(type) {
 			case plugin.EventEnable:
-				if p.spec.Disabled {
+				if p.d.spec.Disabled {
 					return ErrPluginEnabled
 				}
 			case plugin.EventRemove:
 				return ErrPluginRemoved
 			case plugin.EventDisable:
-				if !p.spec.Disabled {
+				if !p.d.spec.Disabled {
 					return ErrPluginDisabled
 				}
 			}
@@ -712,7 +710,7 @@ func (p *Controller) Remove(ctx context.Context) error {
 	defer holders.mu.Unlock()
 	nameOrID := id
 	if nameOrID == "" {
-		nameOrID = p.spec.Name
+		nameOrID = p.d.spec.Name
 	}
 	pl, err := p.backend.Get(nameOrID)
 	switch {
@@ -721,7 +719,7 @@ func (p *Controller) Remove(ctx context.Context) error {
 		p.markRemoved()
 		return nil
 	case err != nil:
-		return backendError(fmt.Sprintf("error looking up plugin %s", p.spec.Name), err)
+		return backendError(fmt.Sprintf("error looking up plugin %s", p.d.spec.Name), err)
 	case pl == nil:
 		return withDetail(errBackend, "Get returned neither a plugin nor an error", nil)
 	}
@@ -744,7 +742,7 @@ func (p *Controller) Remove(ctx context.Context) error {
 		p.mu.Lock()
 		p.pluginID = pl.GetID()
 		p.mu.Unlock()
-		return backendError(fmt.Sprintf("error removing plugin %s", p.spec.Name), err)
+		return backendError(fmt.Sprintf("error removing plugin %s", p.d.spec.Name), err)
 	}
 	p.markRemoved()
 	p.log(ctx, log.InfoLevel, "plugin removed", nil)
