@@ -2,6 +2,7 @@ package executor_test
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"github.com/moby/swarmkit/v2/node"
 	"github.com/sirupsen/logrus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/seed-e85c93d5/plugin"
 	"github.com/seed-e85c93d5/plugin/executor"
@@ -58,7 +60,9 @@ func Example() {
 	<-n.Ready()
 
 	// The manager's control API, over its local socket.
-	control := api.NewControlClient(controlConn(ctx, n))
+	conn := controlConn(ctx, filepath.Join(stateDir, "control.sock"))
+	defer conn.Close()
+	control := api.NewControlClient(conn)
 
 	// A plugin service: global, with the generic "plugin" runtime whose
 	// payload is the marshalled runtime.PluginSpec.
@@ -98,16 +102,27 @@ func Example() {
 	// enabled vol:latest
 }
 
-// controlConn returns the node's control connection once the manager has set
-// it up. ListenControlSocket's goroutine holds the node's read lock until its
-// context ends, so that context is cancelled on return.
-func controlConn(ctx context.Context, n *node.Node) *grpc.ClientConn {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	for conn := range n.ListenControlSocket(ctx) {
-		if conn != nil {
+// controlConn dials the manager's local control socket as swarmkit's node
+// itself does (TLS without verification over the unix socket) and returns
+// once the control API serves.
+func controlConn(ctx context.Context, socket string) *grpc.ClientConn {
+	conn, err := grpc.NewClient("unix:"+socket,
+		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{InsecureSkipVerify: true})))
+	if err != nil {
+		panic(err)
+	}
+	health := api.NewHealthClient(conn)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		resp, err := health.Check(ctx, &api.HealthCheckRequest{Service: "ControlAPI"})
+		if err == nil && resp.Status == api.HealthCheckResponse_SERVING {
 			return conn
 		}
+		select {
+		case <-ctx.Done():
+			panic(ctx.Err())
+		case <-tick.C:
+		}
 	}
-	panic(ctx.Err())
 }

@@ -17,9 +17,12 @@ package swarmtest
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"google.golang.org/grpc/credentials"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -128,7 +131,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, retErr error) {
 	if err != nil {
 		return nil, err
 	}
-	if c.conn, err = controlConn(ctx, m.node); err != nil {
+	if c.conn, err = controlConn(ctx, filepath.Join(m.stateDir, "control.sock")); err != nil {
 		return nil, fmt.Errorf("swarmtest: manager control socket: %w", err)
 	}
 	c.control = api.NewControlClient(c.conn)
@@ -229,18 +232,33 @@ func (c *Cluster) startNode(ctx context.Context, hostname string, manager bool) 
 	}
 }
 
-// controlConn returns the manager's local control connection. The goroutine
-// behind ListenControlSocket holds the node's read lock until its context
-// ends, so that context is cancelled as soon as a connection is known.
-func controlConn(ctx context.Context, n *node.Node) (*grpc.ClientConn, error) {
-	lctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	for conn := range n.ListenControlSocket(lctx) {
-		if conn != nil {
-			return conn, nil
-		}
+// controlConn dials the manager's local control socket the way swarmkit's
+// node does (TLS without verification over the unix socket), and waits
+// until the control API serves. The Cluster owns the connection and closes
+// it in Stop. (node.ListenControlSocket is not used: its goroutine can miss
+// the wake-up of its cancelled context, a lost-wakeup race in swarmkit
+// v2.0.0's node.go, and then outlives the cluster.)
+func controlConn(ctx context.Context, socket string) (*grpc.ClientConn, error) {
+	conn, err := grpc.NewClient("unix:"+socket,
+		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{InsecureSkipVerify: true})), //nolint:gosec // loopback control socket, as swarmkit's own node dials it
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(math.MaxInt32)),
+	)
+	if err != nil {
+		return nil, err
 	}
-	return nil, ctx.Err()
+	health := api.NewHealthClient(conn)
+	err = poll(ctx, "the control API", func() (bool, string, error) {
+		resp, err := health.Check(ctx, &api.HealthCheckRequest{Service: "ControlAPI"})
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		return resp.Status == api.HealthCheckResponse_SERVING, resp.Status.String(), nil
+	})
+	if err != nil {
+		_ = conn.Close()
+		return nil, err
+	}
+	return conn, nil
 }
 
 // joinToken returns the worker join token of the cluster.
@@ -621,6 +639,11 @@ func (c *Cluster) Stop(ctx context.Context) error {
 	}
 	if c.cancel != nil {
 		c.cancel()
+	}
+	if c.conn != nil {
+		if err := c.conn.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("swarmtest: close control connection: %w", err))
+		}
 	}
 	return errors.Join(errs...)
 }
