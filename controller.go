@@ -16,6 +16,7 @@ import (
 	"github.com/docker/docker/api/types"
 	"github.com/docker/docker/api/types/backend"
 	"github.com/docker/docker/api/types/registry"
+	"github.com/docker/docker/api/types/swarm"
 	"github.com/docker/docker/api/types/swarm/runtime"
 	"github.com/docker/docker/plugin"
 	v2 "github.com/docker/docker/plugin/v2"
@@ -26,8 +27,9 @@ import (
 )
 
 // RuntimeKind is the Kind of the generic runtime spec that carries a
-// runtime.PluginSpec, as the Docker daemon encodes plugin services.
-const RuntimeKind = "plugin"
+// runtime.PluginSpec, as the Docker daemon encodes plugin services
+// (swarm.RuntimePlugin).
+const RuntimeKind = string(swarm.RuntimePlugin)
 
 // DefaultEnableTimeout is how long Start lets the Backend wait for an
 // enabled plugin to answer its activation, as upstream.
@@ -116,8 +118,9 @@ func WithProgress(w io.Writer) Option {
 }
 
 // WithLogger makes the Controller log through l instead of the logger of
-// each call's context (swarmkit's agent logger, else log.G(ctx)) (an Entry without a Logger silences it). Either way every line carries the task, service,
-// plugin name and (once known) plugin ID.
+// each call's context (swarmkit's agent logger, else log.G(ctx)); an Entry
+// without a Logger silences it. Either way every line carries the task,
+// service, plugin name and (once known) plugin ID.
 func WithLogger(l *log.Entry) Option {
 	return func(o *options) { o.logger = l }
 }
@@ -346,14 +349,12 @@ func (p *Controller) Prepare(ctx context.Context) error {
 	defer p.lock.Unlock()
 	p.debug(ctx, "Prepare")
 
-	pl, err := p.backend.Get(p.d.spec.Name)
-	switch {
-	case err == nil && pl == nil:
-		return withDetail(errBackend, "Get returned neither a plugin nor an error", nil)
-	case err == nil:
+	pl, err := p.bind(p.d.spec.Name)
+	if err == nil {
 		return p.prepareExisting(ctx, pl)
-	case !cerrdefs.IsNotFound(err):
-		return backendError(fmt.Sprintf("error looking up plugin %s", p.d.spec.Name), err)
+	}
+	if !cerrdefs.IsNotFound(err) {
+		return err
 	}
 
 	auth, err := p.authFor(ctx)
@@ -367,9 +368,9 @@ func (p *Controller) Prepare(ctx context.Context) error {
 			// Installed between our Get and Pull (by another task of this
 			// service, or by someone else): retry, and the next Prepare
 			// takes the existing-plugin path with its ownership check.
-			return exec.MakeTemporary(backendError(fmt.Sprintf("error pulling plugin %s", p.d.spec.Name), err))
+			return exec.MakeTemporary(classify(fmt.Sprintf("error pulling plugin %s", p.d.spec.Name), err))
 		}
-		return backendError(fmt.Sprintf("error pulling plugin %s from %s", p.d.spec.Name, reference.FamiliarString(p.d.remote)), err)
+		return classify(fmt.Sprintf("error pulling plugin %s from %s", p.d.spec.Name, reference.FamiliarString(p.d.remote)), err)
 	}
 	if _, err := p.bind(p.d.spec.Name); err != nil {
 		if cerrdefs.IsNotFound(err) {
@@ -382,15 +383,9 @@ func (p *Controller) Prepare(ctx context.Context) error {
 	return nil
 }
 
-// prepareExisting handles Prepare for a plugin that is already installed.
-func (p *Controller) prepareExisting(ctx context.Context, found *v2.Plugin) error {
-	if found.SwarmServiceID != p.service || p.service == "" {
-		return withDetail(ErrPluginExists, p.d.spec.Name, nil)
-	}
-	pl, err := p.bind(found.GetID())
-	if err != nil {
-		return err
-	}
+// prepareExisting handles Prepare for this service's installed plugin, to
+// which the task is already bound.
+func (p *Controller) prepareExisting(ctx context.Context, pl *v2.Plugin) error {
 	if _, pinned := p.d.remote.(reference.Canonical); pinned && pl.PluginObj.PluginReference == p.d.remote.String() {
 		missing := missingEnv(pl.PluginObj.Settings.Env, p.d.spec.Env)
 		if _, ok := p.backend.(Setter); !ok || len(missing) == 0 {
@@ -412,7 +407,7 @@ func (p *Controller) prepareExisting(ctx context.Context, found *v2.Plugin) erro
 	if err == nil {
 		err = p.backend.Upgrade(ctx, p.d.remote, p.d.spec.Name, nil, auth, convertPrivileges(p.d.spec.Privileges), p.opts.progress)
 		if err != nil {
-			err = backendError(fmt.Sprintf("error upgrading plugin %s to %s", p.d.spec.Name, reference.FamiliarString(p.d.remote)), err)
+			err = classify(fmt.Sprintf("error upgrading plugin %s to %s", p.d.spec.Name, reference.FamiliarString(p.d.remote)), err)
 		}
 	}
 	if err != nil {
@@ -430,33 +425,27 @@ func (p *Controller) prepareExisting(ctx context.Context, found *v2.Plugin) erro
 	return nil
 }
 
-// disableForChange disables an enabled plugin so that it can be upgraded or
-// reconfigured, unless references other than this service's tasks hold it.
+// disableForChange disables an enabled plugin so that it can be upgraded,
+// reconfigured or match a Disabled spec. The Manager refuses a plain
+// Disable while any reference exists, and this service's own tasks hold
+// references, so a plain Disable could never succeed; the disable is forced,
+// which is safe exactly when no one else (a volume, a network, a log
+// driver) uses the plugin. Otherwise it fails with a temporary
+// ErrPluginInUse.
 func (p *Controller) disableForChange(ctx context.Context, pl *v2.Plugin, why string) error {
 	if !pl.IsEnabled() {
 		return nil
 	}
-	if err := p.disable(ctx, pl); err != nil {
-		return fmt.Errorf("cannot disable plugin %s to %s: %w", p.d.spec.Name, why, err)
-	}
-	return nil
-}
-
-// disable force-disables pl when every reference on it belongs to this
-// service's tasks on this node. The Manager refuses a plain Disable while
-// any reference exists, and our own tasks' references are among them, so a
-// plain Disable could never succeed; a forced one is safe exactly when no
-// one else (a volume, a network, a log driver) uses the plugin.
-func (p *Controller) disable(ctx context.Context, pl *v2.Plugin) error {
 	id := pl.GetID()
 	if others := pl.GetRefCount() - holders.holders(p.backend, id); others > 0 {
-		return exec.MakeTemporary(withDetail(ErrPluginInUse, fmt.Sprintf("%s has %d reference(s) besides service %s's tasks", p.d.spec.Name, others, p.service), nil))
+		err := withDetail(ErrPluginInUse, fmt.Sprintf("%s has %d reference(s) besides service %s's tasks", p.d.spec.Name, others, p.service), nil)
+		return exec.MakeTemporary(fmt.Errorf("cannot disable plugin %s to %s: %w", p.d.spec.Name, why, err))
 	}
 	if err := p.backend.Disable(id, &backend.PluginDisableConfig{ForceDisable: true}); err != nil {
 		if !pl.IsEnabled() {
 			return nil // someone else disabled it meanwhile
 		}
-		return backendError(fmt.Sprintf("error disabling plugin %s", p.d.spec.Name), err)
+		return classify(fmt.Sprintf("cannot disable plugin %s to %s", p.d.spec.Name, why), err)
 	}
 	p.log(ctx, log.InfoLevel, "plugin disabled", nil)
 	return nil
@@ -474,7 +463,7 @@ func (p *Controller) reenable(ctx context.Context, id string) {
 
 func (p *Controller) applyEnv(ctx context.Context, id string, env []string) error {
 	if err := p.backend.(Setter).Set(id, env); err != nil {
-		return backendError(fmt.Sprintf("error setting env of plugin %s", p.d.spec.Name), err)
+		return classify(fmt.Sprintf("error setting env of plugin %s", p.d.spec.Name), err)
 	}
 	p.log(ctx, log.InfoLevel, "plugin env updated", log.Fields{"env.keys": envKeys(env)})
 	return nil
@@ -487,19 +476,36 @@ func (p *Controller) authFor(ctx context.Context) (*registry.AuthConfig, error) 
 	}
 	cfg, err := p.opts.auth(ctx, p.d.remote)
 	if err != nil {
-		wrapped := &causeError{msg: fmt.Sprintf("error getting registry credentials for %s", reference.Domain(p.d.remote)), cause: err}
-		if !hasClass(err) {
-			wrapped.class = cerrdefs.ErrUnknown
-		}
-		if isTransient(err) {
-			return nil, exec.MakeTemporary(wrapped)
-		}
-		return nil, wrapped
+		return nil, classify(fmt.Sprintf("error getting registry credentials for %s", reference.Domain(p.d.remote)), err)
 	}
 	if cfg == nil {
 		cfg = &registry.AuthConfig{}
 	}
 	return cfg, nil
+}
+
+// lookup gets a plugin from the Backend by name or ID. Its errors are
+// classified and keep the Backend's cause (so cerrdefs.IsNotFound tells a
+// missing plugin); a Backend answer without plugin, error or ID is an
+// internal error.
+func (p *Controller) lookup(nameOrID string) (*v2.Plugin, error) {
+	pl, err := p.backend.Get(nameOrID)
+	switch {
+	case err != nil:
+		return nil, classify(fmt.Sprintf("error looking up plugin %s", p.d.spec.Name), err)
+	case pl == nil:
+		return nil, withDetail(errBackend, "Get returned neither a plugin nor an error", nil)
+	case pl.GetID() == "":
+		return nil, withDetail(errBackend, "plugin has an empty ID", nil)
+	}
+	return pl, nil
+}
+
+// owns reports whether the task's service owns pl. A plugin without an
+// owning service (a person installed it) is never the task's, even for a
+// task without a service.
+func (p *Controller) owns(pl *v2.Plugin) bool {
+	return p.service != "" && pl.SwarmServiceID == p.service
 }
 
 // bind resolves the task's plugin by name or ID, checks that this task's
@@ -508,20 +514,14 @@ func (p *Controller) authFor(ctx context.Context) (*registry.AuthConfig, error) 
 func (p *Controller) bind(nameOrID string) (*v2.Plugin, error) {
 	holders.mu.Lock()
 	defer holders.mu.Unlock()
-	pl, err := p.backend.Get(nameOrID)
+	pl, err := p.lookup(nameOrID)
 	if err != nil {
-		return nil, backendError(fmt.Sprintf("error looking up plugin %s", p.d.spec.Name), err)
+		return nil, err
 	}
-	if pl == nil {
-		return nil, withDetail(errBackend, "Get returned neither a plugin nor an error", nil)
-	}
-	id := pl.GetID()
-	if id == "" {
-		return nil, withDetail(errBackend, "plugin has an empty ID", nil)
-	}
-	if pl.SwarmServiceID != p.service || p.service == "" {
+	if !p.owns(pl) {
 		return nil, withDetail(ErrPluginExists, p.d.spec.Name, nil)
 	}
+	id := pl.GetID()
 	holders.acquireLocked(p.backend, pl, p.taskID)
 	p.mu.Lock()
 	p.pluginID = id
@@ -570,7 +570,7 @@ func (p *Controller) Start(ctx context.Context) error {
 		if pl.IsEnabled() {
 			return nil // enabled meanwhile, by another task of the service
 		}
-		return backendError(fmt.Sprintf("error enabling plugin %s", p.d.spec.Name), err)
+		return classify(fmt.Sprintf("error enabling plugin %s", p.d.spec.Name), err)
 	}
 	p.log(ctx, log.InfoLevel, "plugin enabled", nil)
 	return nil
@@ -624,14 +624,12 @@ func (p *Controller) Wait(ctx context.Context) error {
 	// Look at the plugin only once subscribed: any change after this point
 	// arrives as an event, and one before it shows in the state (a plugin
 	// removed in between is gone, not silently waited on).
-	pl, err := p.backend.Get(id)
-	switch {
-	case cerrdefs.IsNotFound(err):
+	pl, err := p.lookup(id)
+	if cerrdefs.IsNotFound(err) {
 		return withDetail(ErrPluginRemoved, "", err)
-	case err != nil:
-		return backendError(fmt.Sprintf("error looking up plugin %s", p.d.spec.Name), err)
-	case pl == nil:
-		return withDetail(errBackend, "Get returned neither a plugin nor an error", nil)
+	}
+	if err != nil {
+		return err
 	}
 	if !p.d.spec.Disabled != pl.IsEnabled() {
 		return ErrMismatchedState
@@ -712,18 +710,16 @@ func (p *Controller) Remove(ctx context.Context) error {
 	if nameOrID == "" {
 		nameOrID = p.d.spec.Name
 	}
-	pl, err := p.backend.Get(nameOrID)
-	switch {
-	case cerrdefs.IsNotFound(err):
+	pl, err := p.lookup(nameOrID)
+	if cerrdefs.IsNotFound(err) {
 		holders.forgetLocked(p.backend, id, p.taskID)
 		p.markRemoved()
 		return nil
-	case err != nil:
-		return backendError(fmt.Sprintf("error looking up plugin %s", p.d.spec.Name), err)
-	case pl == nil:
-		return withDetail(errBackend, "Get returned neither a plugin nor an error", nil)
 	}
-	if pl.SwarmServiceID != p.service || p.service == "" || (id != "" && pl.GetID() != id) {
+	if err != nil {
+		return err
+	}
+	if !p.owns(pl) || (id != "" && pl.GetID() != id) {
 		// Not ours (any more): someone else's plugin now has the name.
 		holders.forgetLocked(p.backend, id, p.taskID)
 		p.markRemoved()
@@ -742,7 +738,7 @@ func (p *Controller) Remove(ctx context.Context) error {
 		p.mu.Lock()
 		p.pluginID = pl.GetID()
 		p.mu.Unlock()
-		return backendError(fmt.Sprintf("error removing plugin %s", p.d.spec.Name), err)
+		return classify(fmt.Sprintf("error removing plugin %s", p.d.spec.Name), err)
 	}
 	p.markRemoved()
 	p.log(ctx, log.InfoLevel, "plugin removed", nil)
@@ -815,15 +811,11 @@ func envKeys(env []string) []string {
 // Controllers swarmkit creates for it (a new one after every agent
 // restart), and so that Start can tell this service's references from other
 // users'. Acquire and Release on a plugin happen only under holders.mu.
-var holders = holderTable{
-	tasks: make(map[holderTask]struct{}),
-	count: make(map[holderKey]int),
-}
+var holders = holderTable{tasks: make(map[holderTask]struct{})}
 
 type holderTable struct {
 	mu    sync.Mutex
 	tasks map[holderTask]struct{} // which task holds a reference on which plugin
-	count map[holderKey]int       // how many tasks hold one, per plugin
 }
 
 type holderKey struct {
@@ -844,10 +836,19 @@ func keyFor(b Backend, id string) holderKey {
 	return k
 }
 
+// holders counts the tasks holding a reference on the plugin. It walks the
+// table, which holds one entry per task of the node's plugin services; only
+// a disable asks.
 func (h *holderTable) holders(b Backend, id string) int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.count[keyFor(b, id)]
+	k, n := keyFor(b, id), 0
+	for t := range h.tasks {
+		if t.holderKey == k {
+			n++
+		}
+	}
+	return n
 }
 
 func (h *holderTable) acquireLocked(b Backend, pl *v2.Plugin, taskID string) {
@@ -856,7 +857,6 @@ func (h *holderTable) acquireLocked(b Backend, pl *v2.Plugin, taskID string) {
 		return
 	}
 	h.tasks[t] = struct{}{}
-	h.count[t.holderKey]++
 	pl.Acquire()
 }
 
@@ -877,9 +877,6 @@ func (h *holderTable) forgetLocked(b Backend, id, taskID string) bool {
 		return false
 	}
 	delete(h.tasks, t)
-	if h.count[t.holderKey]--; h.count[t.holderKey] <= 0 {
-		delete(h.count, t.holderKey)
-	}
 	return true
 }
 

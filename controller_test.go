@@ -72,16 +72,7 @@ const (
 // task builds a plugin task the way the Docker daemon encodes it.
 func task(t testing.TB, id, serviceID string, spec runtime.PluginSpec) *api.Task {
 	t.Helper()
-	payload, err := proto.Marshal(&spec)
-	assert.NilError(t, err)
-	return &api.Task{
-		ID:        id,
-		ServiceID: serviceID,
-		Spec: api.TaskSpec{Runtime: &api.TaskSpec_Generic{Generic: &api.GenericRuntimeSpec{
-			Kind:    "plugin",
-			Payload: &gogotypes.Any{TypeUrl: "types.docker.com/RuntimePlugin", Value: payload},
-		}}},
-	}
+	return plugintest.NewTask(id, serviceID, spec)
 }
 
 func newController(t testing.TB, b plugin.Backend, id string, spec runtime.PluginSpec, opts ...plugin.Option) *plugin.Controller {
@@ -93,6 +84,15 @@ func newController(t testing.TB, b plugin.Backend, id string, spec runtime.Plugi
 
 func spec(r string, disabled bool) runtime.PluginSpec {
 	return runtime.PluginSpec{Name: name, Remote: r, Disabled: disabled}
+}
+
+// started makes a Controller for the task and runs its Prepare and Start.
+func started(t testing.TB, ctx context.Context, b plugin.Backend, id string, s runtime.PluginSpec, opts ...plugin.Option) *plugin.Controller {
+	t.Helper()
+	c := newController(t, b, id, s, opts...)
+	assert.NilError(t, c.Prepare(ctx))
+	assert.NilError(t, c.Start(ctx))
+	return c
 }
 
 // state returns the plugin's snapshot and reference count; found reports
@@ -134,23 +134,39 @@ func countCalls(b *plugintest.Backend, method string) int {
 }
 
 // waitAsync runs Wait on its own goroutine and returns its result channel
-// once the Controller's subscription exists.
+// once Wait is waiting: subscribed, past its state check, and selecting on
+// its events. An out-of-band change made earlier could be reported as
+// "mismatched plugin state" instead of by its event.
 func waitAsync(t testing.TB, b *plugintest.Backend, c *plugin.Controller, ctx context.Context) <-chan error {
 	t.Helper()
 	before := b.Subscribers()
+	waiting := &selectingCtx{Context: ctx, selecting: make(chan struct{})}
 	done := make(chan error, 1)
-	go func() { done <- c.Wait(ctx) }()
-	wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := b.WaitSubscribers(wctx, before+1); err != nil {
-		select {
-		case err := <-done:
-			t.Fatalf("Wait returned before subscribing: %v", err)
-		default:
-		}
-		t.Fatalf("Wait did not subscribe: %v", err)
+	go func() { done <- c.Wait(waiting) }()
+	timeout := time.NewTimer(10 * time.Second)
+	defer timeout.Stop()
+	select {
+	case <-waiting.selecting:
+	case err := <-done:
+		t.Fatalf("Wait returned before waiting: %v", err)
+	case <-timeout.C:
+		t.Fatal("Wait did not start waiting")
 	}
+	assert.Equal(t, b.Subscribers(), before+1, "Wait waits on its own subscription")
 	return done
+}
+
+// selectingCtx tells when Wait first asks for Done, which it does only in
+// the select of its event loop.
+type selectingCtx struct {
+	context.Context
+	once      sync.Once
+	selecting chan struct{}
+}
+
+func (c *selectingCtx) Done() <-chan struct{} {
+	c.once.Do(func() { close(c.selecting) })
+	return c.Context.Done()
 }
 
 func result(t testing.TB, done <-chan error) error {
@@ -204,9 +220,7 @@ func TestPrepareFreshPull(t *testing.T) {
 func TestPrepareUpgradesOwnPlugin(t *testing.T) {
 	b := plugintest.NewBackend()
 	ctx := context.Background()
-	c1 := newController(t, b, "task-1", spec(remote, false))
-	assert.NilError(t, c1.Prepare(ctx))
-	assert.NilError(t, c1.Start(ctx))
+	started(t, ctx, b, "task-1", spec(remote, false))
 	before, _, _ := state(t, b, name)
 
 	c2 := newController(t, b, "task-2", spec(remote2, false))
@@ -266,9 +280,7 @@ func TestStartEnablesAndDisables(t *testing.T) {
 	b := plugintest.NewBackend()
 	ctx := context.Background()
 
-	c := newController(t, b, "task-1", spec(remote, false))
-	assert.NilError(t, c.Prepare(ctx))
-	assert.NilError(t, c.Start(ctx))
+	c := started(t, ctx, b, "task-1", spec(remote, false))
 	p, _, _ := state(t, b, name)
 	assert.Assert(t, p.Enabled, "expected plugin to be enabled")
 	assert.Equal(t, b.Calls()[len(b.Calls())-1].Config.(*backend.PluginEnableConfig).Timeout, 30)
@@ -293,10 +305,8 @@ func TestStartEnablesAndDisables(t *testing.T) {
 
 func TestWaitCancelled(t *testing.T) {
 	b := plugintest.NewBackend()
-	c := newController(t, b, "task-1", spec(remote, true))
 	ctx := context.Background()
-	assert.NilError(t, c.Prepare(ctx))
-	assert.NilError(t, c.Start(ctx))
+	c := started(t, ctx, b, "task-1", spec(remote, true))
 
 	wctx, cancel := context.WithCancel(ctx)
 	done := waitAsync(t, b, c, wctx)
@@ -310,10 +320,8 @@ func TestWaitEndsOnOpposingEvent(t *testing.T) {
 	for _, disabled := range []bool{false, true} {
 		t.Run(fmt.Sprintf("disabled=%v", disabled), func(t *testing.T) {
 			b := plugintest.NewBackend()
-			c := newController(t, b, "task-1", spec(remote, disabled))
 			ctx := context.Background()
-			assert.NilError(t, c.Prepare(ctx))
-			assert.NilError(t, c.Start(ctx))
+			c := started(t, ctx, b, "task-1", spec(remote, disabled))
 
 			done := waitAsync(t, b, c, ctx)
 			if disabled {
@@ -348,6 +356,10 @@ type eventBackend struct {
 	subscribed chan struct{}
 }
 
+func newEventBackend(fake *plugintest.Backend) *eventBackend {
+	return &eventBackend{Backend: fake, events: make(chan interface{}), subscribed: make(chan struct{})}
+}
+
 func (e *eventBackend) SubscribeEvents(int, ...mobyplugin.Event) (<-chan interface{}, func()) {
 	close(e.subscribed)
 	return e.events, func() {}
@@ -355,11 +367,9 @@ func (e *eventBackend) SubscribeEvents(int, ...mobyplugin.Event) (<-chan interfa
 
 func TestWaitIgnoresConfirmingEvent(t *testing.T) {
 	fake := plugintest.NewBackend()
-	b := &eventBackend{Backend: fake, events: make(chan interface{}), subscribed: make(chan struct{})}
-	c := newController(t, b, "task-1", spec(remote, false))
+	b := newEventBackend(fake)
 	ctx := context.Background()
-	assert.NilError(t, c.Prepare(ctx))
-	assert.NilError(t, c.Start(ctx))
+	c := started(t, ctx, b, "task-1", spec(remote, false))
 	p, _, _ := state(t, fake, name)
 
 	done := make(chan error, 1)
@@ -376,10 +386,8 @@ func TestWaitIgnoresConfirmingEvent(t *testing.T) {
 
 func TestWaitEndsOnRemoval(t *testing.T) {
 	b := plugintest.NewBackend()
-	c := newController(t, b, "task-1", spec(remote, false))
 	ctx := context.Background()
-	assert.NilError(t, c.Prepare(ctx))
-	assert.NilError(t, c.Start(ctx))
+	c := started(t, ctx, b, "task-1", spec(remote, false))
 
 	done := waitAsync(t, b, c, ctx)
 	assert.NilError(t, b.Remove(name, &backend.PluginRmConfig{ForceRemove: true}))
@@ -403,14 +411,10 @@ func TestWaitMismatchedState(t *testing.T) {
 func TestRemoveSharedPlugin(t *testing.T) {
 	b := plugintest.NewBackend()
 	ctx := context.Background()
-	c1 := newController(t, b, "task-1", spec(remote, false))
-	assert.NilError(t, c1.Prepare(ctx))
-	assert.NilError(t, c1.Start(ctx))
+	c1 := started(t, ctx, b, "task-1", spec(remote, false))
 	assert.NilError(t, c1.Shutdown(ctx))
 
-	c2 := newController(t, b, "task-2", spec(remote, false))
-	assert.NilError(t, c2.Prepare(ctx))
-	assert.NilError(t, c2.Start(ctx))
+	c2 := started(t, ctx, b, "task-2", spec(remote, false))
 
 	assert.NilError(t, c1.Remove(ctx))
 	p, refs, found := state(t, b, name)
@@ -521,9 +525,7 @@ func FuzzNewController(f *testing.F) {
 func TestResumedTaskBindsByName(t *testing.T) {
 	b := plugintest.NewBackend()
 	ctx := context.Background()
-	c1 := newController(t, b, "task-1", spec(remote, false))
-	assert.NilError(t, c1.Prepare(ctx))
-	assert.NilError(t, c1.Start(ctx))
+	started(t, ctx, b, "task-1", spec(remote, false))
 
 	// The agent restarts: a new Controller for the same RUNNING task gets
 	// Wait without Prepare.
@@ -625,9 +627,7 @@ func TestExactlyOneReferencePerTask(t *testing.T) {
 	})
 	t.Run("remove keeps plugin another task prepares", func(t *testing.T) {
 		b := plugintest.NewBackend()
-		c1 := newController(t, b, "task-1", spec(remote, false))
-		assert.NilError(t, c1.Prepare(ctx))
-		assert.NilError(t, c1.Start(ctx))
+		c1 := started(t, ctx, b, "task-1", spec(remote, false))
 		c2 := newController(t, b, "task-2", spec(remote2, false))
 		b.FailNext("Upgrade", exec.MakeTemporary(errors.New("registry busy")))
 		err := c2.Prepare(ctx)
@@ -646,17 +646,13 @@ func TestExactlyOneReferencePerTask(t *testing.T) {
 func TestStartDisablesPluginItsServiceHolds(t *testing.T) {
 	b := plugintest.NewBackend()
 	ctx := context.Background()
-	c1 := newController(t, b, "task-1", spec(remote, false))
-	assert.NilError(t, c1.Prepare(ctx))
-	assert.NilError(t, c1.Start(ctx))
+	started(t, ctx, b, "task-1", spec(remote, false))
 
 	// A plain Disable fails against the Manager's rule: our own references count.
 	err := b.Disable(name, &backend.PluginDisableConfig{})
 	assert.Assert(t, cerrdefs.IsConflict(err), "%v", err)
 
-	c2 := newController(t, b, "task-2", spec(remote, true))
-	assert.NilError(t, c2.Prepare(ctx))
-	assert.NilError(t, c2.Start(ctx))
+	started(t, ctx, b, "task-2", spec(remote, true))
 	p, refs, _ := state(t, b, name)
 	assert.Assert(t, !p.Enabled)
 	assert.Equal(t, refs, 2)
@@ -665,9 +661,7 @@ func TestStartDisablesPluginItsServiceHolds(t *testing.T) {
 func TestStartKeepsPluginOthersUse(t *testing.T) {
 	b := plugintest.NewBackend()
 	ctx := context.Background()
-	c1 := newController(t, b, "task-1", spec(remote, false))
-	assert.NilError(t, c1.Prepare(ctx))
-	assert.NilError(t, c1.Start(ctx))
+	c1 := started(t, ctx, b, "task-1", spec(remote, false))
 	c2 := newController(t, b, "task-2", spec(remote, true))
 	assert.NilError(t, c2.Prepare(ctx))
 	assert.NilError(t, c1.Start(ctx)) // enabled again, by the old task
@@ -699,11 +693,9 @@ func TestStartKeepsPluginOthersUse(t *testing.T) {
 
 func TestWaitReturnsWhenEventStreamCloses(t *testing.T) {
 	fake := plugintest.NewBackend()
-	b := &eventBackend{Backend: fake, events: make(chan interface{}), subscribed: make(chan struct{})}
-	c := newController(t, b, "task-1", spec(remote, false))
+	b := newEventBackend(fake)
 	ctx := context.Background()
-	assert.NilError(t, c.Prepare(ctx))
-	assert.NilError(t, c.Start(ctx))
+	c := started(t, ctx, b, "task-1", spec(remote, false))
 
 	done := make(chan error, 1)
 	go func() { done <- c.Wait(ctx) }() // ctx never ends
@@ -717,9 +709,7 @@ func TestWaitReturnsWhenEventStreamCloses(t *testing.T) {
 func TestCloseEndsWaitAndIsFinal(t *testing.T) {
 	b := plugintest.NewBackend()
 	ctx := context.Background()
-	c := newController(t, b, "task-1", spec(remote, false))
-	assert.NilError(t, c.Prepare(ctx))
-	assert.NilError(t, c.Start(ctx))
+	c := started(t, ctx, b, "task-1", spec(remote, false))
 	done := waitAsync(t, b, c, ctx)
 
 	assert.NilError(t, c.Close())
@@ -931,9 +921,7 @@ func TestEnvUpdateReachesExistingPlugin(t *testing.T) {
 	b.AddRemote(remote2, plugintest.Remote{Env: []string{"LEVEL=info"}})
 	b.AddRemote(remote, plugintest.Remote{Env: []string{"LEVEL=info"}})
 	s := spec(remote, false)
-	c1 := newController(t, b, "task-1", s)
-	assert.NilError(t, c1.Prepare(ctx))
-	assert.NilError(t, c1.Start(ctx))
+	started(t, ctx, b, "task-1", s)
 
 	s2 := spec(remote2, false)
 	s2.Env = []string{"LEVEL=debug"}
@@ -956,14 +944,10 @@ func TestPinnedDigestAlreadyInstalledIsLeftRunning(t *testing.T) {
 	ctx := context.Background()
 	b := plugintest.NewBackend()
 	pinned := "example.com/acme/vol@sha256:" + strings.Repeat("ab", 32)
-	c1 := newController(t, b, "task-1", spec(pinned, false))
-	assert.NilError(t, c1.Prepare(ctx))
-	assert.NilError(t, c1.Start(ctx))
+	started(t, ctx, b, "task-1", spec(pinned, false))
 	calls := len(b.Calls())
 
-	c2 := newController(t, b, "task-2", spec(pinned, false))
-	assert.NilError(t, c2.Prepare(ctx))
-	assert.NilError(t, c2.Start(ctx))
+	started(t, ctx, b, "task-2", spec(pinned, false))
 	for _, m := range methods(b)[calls:] {
 		assert.Assert(t, m == "Get", "unexpected %s", m)
 	}
@@ -974,9 +958,7 @@ func TestPinnedDigestAlreadyInstalledIsLeftRunning(t *testing.T) {
 func TestFailedUpgradeReenables(t *testing.T) {
 	ctx := context.Background()
 	b := plugintest.NewBackend()
-	c1 := newController(t, b, "task-1", spec(remote, false))
-	assert.NilError(t, c1.Prepare(ctx))
-	assert.NilError(t, c1.Start(ctx))
+	started(t, ctx, b, "task-1", spec(remote, false))
 
 	b.FailNext("Upgrade", fmt.Errorf("pull: %w", cerrdefs.ErrNotFound))
 	c2 := newController(t, b, "task-2", spec(remote2, false))
@@ -1062,9 +1044,7 @@ func captureLogs() (context.Context, *logCapture) {
 func TestLogging(t *testing.T) {
 	ctx, logs := captureLogs()
 	b := plugintest.NewBackend()
-	c := newController(t, b, "task-1", spec(remote, false))
-	assert.NilError(t, c.Prepare(ctx))
-	assert.NilError(t, c.Start(ctx))
+	started(t, ctx, b, "task-1", spec(remote, false))
 	id := b.Calls()[len(b.Calls())-1].Name
 
 	var infos int
@@ -1124,10 +1104,7 @@ func TestCredentialsNeverLoggedOrReturned(t *testing.T) {
 // in-memory fake from plugintest instead of the daemon's *plugin.Manager.
 func ExampleNew() {
 	b := plugintest.NewBackend()
-	payload, _ := proto.Marshal(&runtime.PluginSpec{Name: "vol", Remote: "example.com/acme/vol:1.0", Env: []string{"DEBUG=1"}})
-	t := &api.Task{ID: "task-1", ServiceID: "svc-1", Spec: api.TaskSpec{Runtime: &api.TaskSpec_Generic{
-		Generic: &api.GenericRuntimeSpec{Kind: plugin.RuntimeKind, Payload: &gogotypes.Any{TypeUrl: "types.docker.com/RuntimePlugin", Value: payload}},
-	}}}
+	t := plugintest.NewTask("task-1", "svc-1", runtime.PluginSpec{Name: "vol", Remote: "example.com/acme/vol:1.0", Env: []string{"DEBUG=1"}})
 
 	c, err := plugin.New(b, t, plugin.WithEnableTimeout(10*time.Second))
 	if err != nil {
@@ -1157,10 +1134,7 @@ func ExampleErrPluginExists() {
 	// Someone installed "vol" by hand.
 	_ = b.Pull(context.Background(), ref, "vol", nil, &registry.AuthConfig{}, nil, io.Discard)
 
-	payload, _ := proto.Marshal(&runtime.PluginSpec{Remote: "vol"})
-	t := &api.Task{ID: "task-1", ServiceID: "svc-1", Spec: api.TaskSpec{Runtime: &api.TaskSpec_Generic{
-		Generic: &api.GenericRuntimeSpec{Kind: plugin.RuntimeKind, Payload: &gogotypes.Any{Value: payload}},
-	}}}
+	t := plugintest.NewTask("task-1", "svc-1", runtime.PluginSpec{Remote: "vol"})
 	c, _ := plugin.NewController(b, t)
 	err := c.Prepare(context.Background())
 	fmt.Println(err)
@@ -1211,9 +1185,7 @@ func TestNonsenseFromBackendIsAnInternalError(t *testing.T) {
 		},
 		"nil event channel": func(b *nonsenseBackend) error {
 			b.nilEvents = true
-			c := newController(t, b, "task-1", spec(remote, false))
-			assert.NilError(t, c.Prepare(ctx))
-			assert.NilError(t, c.Start(ctx))
+			c := started(t, ctx, b, "task-1", spec(remote, false))
 			return c.Wait(ctx)
 		},
 	}
@@ -1300,9 +1272,7 @@ func TestPinnedDigestEnvChange(t *testing.T) {
 	b := plugintest.NewBackend()
 	pinned := "example.com/acme/vol@sha256:" + strings.Repeat("cd", 32)
 	b.AddRemote(pinned, plugintest.Remote{Env: []string{"LEVEL=info"}})
-	c1 := newController(t, b, "task-1", spec(pinned, false))
-	assert.NilError(t, c1.Prepare(ctx))
-	assert.NilError(t, c1.Start(ctx))
+	started(t, ctx, b, "task-1", spec(pinned, false))
 
 	s := spec(pinned, false)
 	s.Env = []string{"LEVEL=debug"}
@@ -1450,9 +1420,7 @@ func TestWaitOnPluginRemovedBeforeWait(t *testing.T) {
 	for _, disabled := range []bool{false, true} {
 		b := plugintest.NewBackend()
 		ctx := context.Background()
-		c := newController(t, b, "task-1", spec(remote, disabled))
-		assert.NilError(t, c.Prepare(ctx))
-		assert.NilError(t, c.Start(ctx))
+		c := started(t, ctx, b, "task-1", spec(remote, disabled))
 		assert.NilError(t, b.Remove(name, &backend.PluginRmConfig{ForceRemove: true}))
 		err := c.Wait(ctx) // ctx never ends: it must not wait on a plugin that is gone
 		assert.ErrorIs(t, err, plugin.ErrPluginRemoved)

@@ -127,19 +127,17 @@ func (e *causeError) Unwrap() []error {
 	return []error{e.cause, e.class}
 }
 
-// backendError wraps an error returned by the Backend during op, keeping
-// it reachable with errors.Is / errors.As, and makes it temporary when
-// retrying can help (see isTransient), so that swarmkit's exec.Do retries
-// the step in place instead of failing the task. An error without an
-// errdefs class of its own (the Manager's "incorrect privileges", say) is
-// classified unknown, so every error a Controller returns has a class.
-func backendError(op string, err error) error {
-	if err == nil {
-		return nil
-	}
-	wrapped := error(&causeError{msg: op, cause: err})
+// classify wraps err, an error from the Backend or from the registry-auth
+// function during op, keeping it reachable with errors.Is / errors.As, and
+// makes it temporary when retrying can help (see isTransient), so that
+// swarmkit's exec.Do retries the step in place instead of failing the
+// task. An error without an errdefs class of its own (the Manager's
+// "incorrect privileges", say) is classified unknown, so every error a
+// Controller returns has a class.
+func classify(op string, err error) error {
+	wrapped := &causeError{msg: op, cause: err}
 	if !hasClass(err) {
-		wrapped = &causeError{msg: op, cause: err, class: cerrdefs.ErrUnknown}
+		wrapped.class = cerrdefs.ErrUnknown
 	}
 	if isTransient(err) {
 		return exec.MakeTemporary(wrapped)

@@ -23,8 +23,6 @@ import (
 	swarmruntime "github.com/docker/docker/api/types/swarm/runtime"
 	upstream "github.com/docker/docker/daemon/cluster/controllers/plugin"
 	mobyplugin "github.com/docker/docker/plugin"
-	"github.com/gogo/protobuf/proto"
-	gogotypes "github.com/gogo/protobuf/types"
 	"github.com/moby/swarmkit/v2/api"
 	swarmlog "github.com/moby/swarmkit/v2/log"
 	"github.com/sirupsen/logrus"
@@ -99,19 +97,7 @@ func newTask(tb testing.TB, id string) *api.Task {
 // newTaskEnv is newTask with the given env in the spec.
 func newTaskEnv(tb testing.TB, id string, env []string) *api.Task {
 	tb.Helper()
-	s := pluginSpec(env)
-	payload, err := proto.Marshal(&s)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return &api.Task{
-		ID:        id,
-		ServiceID: serviceID,
-		Spec: api.TaskSpec{Runtime: &api.TaskSpec_Generic{Generic: &api.GenericRuntimeSpec{
-			Kind:    "plugin",
-			Payload: &gogotypes.Any{TypeUrl: "types.docker.com/RuntimePlugin", Value: payload},
-		}}},
-	}
+	return plugintest.NewTask(id, serviceID, pluginSpec(env))
 }
 
 // uniqueSeq numbers the distinct payloads of distinctTask; it only grows,

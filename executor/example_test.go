@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/docker/docker/api/types/swarm"
 	"github.com/docker/docker/api/types/swarm/runtime"
 	dockerplugin "github.com/docker/docker/plugin"
 	"github.com/gogo/protobuf/proto"
@@ -75,7 +76,7 @@ func Example() {
 		Mode:        &api.ServiceSpec_Global{Global: &api.GlobalService{}},
 		Task: api.TaskSpec{Runtime: &api.TaskSpec_Generic{Generic: &api.GenericRuntimeSpec{
 			Kind:    plugin.RuntimeKind,
-			Payload: &gogotypes.Any{TypeUrl: "types.docker.com/RuntimePlugin", Value: payload},
+			Payload: &gogotypes.Any{TypeUrl: string(swarm.RuntimeURLPlugin), Value: payload},
 		}}},
 	}})
 	if err != nil {

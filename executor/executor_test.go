@@ -14,7 +14,6 @@ import (
 	"github.com/docker/docker/api/types/registry"
 	"github.com/docker/docker/api/types/swarm/runtime"
 	dockerplugin "github.com/docker/docker/plugin"
-	"github.com/gogo/protobuf/proto"
 	gogotypes "github.com/gogo/protobuf/types"
 	"github.com/moby/swarmkit/v2/agent/exec"
 	"github.com/moby/swarmkit/v2/api"
@@ -28,16 +27,9 @@ import (
 
 func pluginTask(t *testing.T, kind string, spec runtime.PluginSpec) *api.Task {
 	t.Helper()
-	payload, err := proto.Marshal(&spec)
-	assert.NilError(t, err)
-	return &api.Task{
-		ID:        "task1",
-		ServiceID: "svc1",
-		Spec: api.TaskSpec{Runtime: &api.TaskSpec_Generic{Generic: &api.GenericRuntimeSpec{
-			Kind:    kind,
-			Payload: &gogotypes.Any{TypeUrl: "types.docker.com/RuntimePlugin", Value: payload},
-		}}},
-	}
+	tk := plugintest.NewTask("task1", "svc1", spec)
+	tk.Spec.GetGeneric().Kind = kind
+	return tk
 }
 
 func TestControllerPluginTask(t *testing.T) {

@@ -5,6 +5,7 @@
 //
 //	b := plugintest.NewBackend()
 //	b.AddRemote("vieux/sshfs", plugintest.Remote{Env: []string{"DEBUG=0"}})
+//	task := plugintest.NewTask("task-1", "svc-1", runtime.PluginSpec{Remote: "vieux/sshfs"})
 //	c, _ := plugin.NewController(b, task)
 //	// ... c.Prepare(ctx), c.Start(ctx) ...
 //	obj, refs, _ := b.Plugin("vieux/sshfs")
@@ -13,8 +14,9 @@
 // Get, Enable, Disable, Remove, SubscribeEvents) and its optional Setter
 // (Set). Test helpers register remotes (AddRemote, MissingRemote), inject
 // failures (FailNext), record calls (Calls), wait for subscriptions
-// (WaitSubscribers, Subscribers) and take race-free snapshots (Plugin).
-// Every method is safe for concurrent use.
+// (WaitSubscribers, Subscribers) and take race-free snapshots (Plugin);
+// NewTask builds a plugin task the way the daemon encodes it. Every method
+// is safe for concurrent use.
 //
 // # What it mirrors
 //

@@ -5,33 +5,16 @@ import (
 	"fmt"
 
 	"github.com/docker/docker/api/types/swarm/runtime"
-	"github.com/gogo/protobuf/proto"
-	gogotypes "github.com/gogo/protobuf/types"
-	"github.com/moby/swarmkit/v2/api"
 	plugin "github.com/seed-e85c93d5/plugin"
 	"github.com/seed-e85c93d5/plugin/plugintest"
 )
-
-// pluginTask builds a swarm task that runs spec, the way the daemon encodes it.
-func pluginTask(serviceID string, spec *runtime.PluginSpec) *api.Task {
-	payload, err := proto.Marshal(spec)
-	if err != nil {
-		panic(err)
-	}
-	return &api.Task{ID: "task-1", ServiceID: serviceID, Spec: api.TaskSpec{
-		Runtime: &api.TaskSpec_Generic{Generic: &api.GenericRuntimeSpec{
-			Kind:    "plugin",
-			Payload: &gogotypes.Any{TypeUrl: "types.docker.com/RuntimePlugin", Value: payload},
-		}},
-	}}
-}
 
 // An executor test: a controller prepares and starts its plugin on the fake
 // Backend, and the test inspects the result.
 func Example() {
 	b := plugintest.NewBackend()
 	b.AddRemote("example/vol:1.0", plugintest.Remote{Env: []string{"DEBUG=0"}})
-	task := pluginTask("svc-1", &runtime.PluginSpec{Name: "vol", Remote: "example/vol:1.0", Env: []string{"DEBUG=1"}})
+	task := plugintest.NewTask("task-1", "svc-1", runtime.PluginSpec{Name: "vol", Remote: "example/vol:1.0", Env: []string{"DEBUG=1"}})
 
 	ctx := context.Background()
 	c, err := plugin.NewController(b, task)

@@ -12,10 +12,7 @@ package realmanager_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -28,8 +25,6 @@ import (
 	"github.com/docker/docker/api/types/swarm/runtime"
 	mobyplugin "github.com/docker/docker/plugin"
 	v2 "github.com/docker/docker/plugin/v2"
-	"github.com/gogo/protobuf/proto"
-	gogotypes "github.com/gogo/protobuf/types"
 	"github.com/moby/swarmkit/v2/agent/exec"
 	"github.com/moby/swarmkit/v2/api"
 	"github.com/sirupsen/logrus"
@@ -38,6 +33,7 @@ import (
 
 	plugin "github.com/seed-e85c93d5/plugin"
 	rm "github.com/seed-e85c93d5/plugin/internal/realmanager"
+	"github.com/seed-e85c93d5/plugin/plugintest"
 )
 
 // patience bounds every wait for a signal, so a broken scenario fails
@@ -234,18 +230,10 @@ func (b *signallingBackend) SubscribeEvents(buffer int, events ...mobyplugin.Eve
 // encodes it, as the agent receives it: ASSIGNED, desired RUNNING.
 func newTask(t *testing.T, id, service string, spec runtime.PluginSpec) *api.Task {
 	t.Helper()
-	payload, err := proto.Marshal(&spec)
-	assert.NilError(t, err)
-	return &api.Task{
-		ID:           id,
-		ServiceID:    service,
-		DesiredState: api.TaskStateRunning,
-		Status:       api.TaskStatus{State: api.TaskStateAssigned},
-		Spec: api.TaskSpec{Runtime: &api.TaskSpec_Generic{Generic: &api.GenericRuntimeSpec{
-			Kind:    plugin.RuntimeKind,
-			Payload: &gogotypes.Any{TypeUrl: "types.docker.com/RuntimePlugin", Value: payload},
-		}}},
-	}
+	tk := plugintest.NewTask(id, service, spec)
+	tk.DesiredState = api.TaskStateRunning
+	tk.Status = api.TaskStatus{State: api.TaskStateAssigned}
+	return tk
 }
 
 // controller returns a Controller for tk on the scenario's node, as the
@@ -389,22 +377,8 @@ func (e *env) assertRunning(p *v2.Plugin) {
 // and reports whether it answers as a volume driver.
 func activates(t *testing.T, sock string) bool {
 	t.Helper()
-	c := &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-		},
-		DisableKeepAlives: true,
-	}}
-	resp, err := c.Post("http://plugin/Plugin.Activate", "application/json", nil)
-	if !assert.Check(t, err) {
-		return false
-	}
-	defer resp.Body.Close()
-	var ar rm.ActivateResponse
-	if resp.StatusCode != http.StatusOK || !assert.Check(t, json.NewDecoder(resp.Body).Decode(&ar)) {
-		return false
-	}
-	return len(ar.Implements) == 1 && ar.Implements[0] == "VolumeDriver"
+	ar, err := rm.Activate(context.Background(), sock)
+	return assert.Check(t, err) && len(ar.Implements) == 1 && ar.Implements[0] == "VolumeDriver"
 }
 
 func pluginSpec(remote string) runtime.PluginSpec {

@@ -197,6 +197,35 @@ type ActivateResponse struct {
 	Implements []string
 }
 
+// Activate calls POST /Plugin.Activate on the plugin socket sock, as the
+// daemon's plugin client does when it first uses a plugin, and returns the
+// answer: the fake plugins of this package implement "VolumeDriver".
+func Activate(ctx context.Context, sock string) (ActivateResponse, error) {
+	var ar ActivateResponse
+	c := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		},
+		DisableKeepAlives: true,
+	}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://plugin/Plugin.Activate", nil)
+	if err != nil {
+		return ar, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return ar, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return ar, fmt.Errorf("realmanager: /Plugin.Activate on %s: %s", sock, resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&ar); err != nil {
+		return ar, fmt.Errorf("realmanager: /Plugin.Activate on %s: %w", sock, err)
+	}
+	return ar, nil
+}
+
 // pluginHandler answers POST /Plugin.Activate and refuses everything else
 // with 404 and a plugin-protocol error body.
 func pluginHandler(implements []string) http.Handler {

@@ -9,9 +9,7 @@ package realmanager
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -97,18 +95,8 @@ func (l *eventLog) get() []events.Action {
 // activate calls the fake plugin's /Plugin.Activate over its unix socket.
 func activate(t *testing.T, sock string) ActivateResponse {
 	t.Helper()
-	c := &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-		},
-		DisableKeepAlives: true,
-	}}
-	resp, err := c.Post("http://plugin/Plugin.Activate", "application/json", nil)
+	ar, err := Activate(context.Background(), sock)
 	assert.NilError(t, err)
-	defer resp.Body.Close()
-	assert.Equal(t, resp.StatusCode, http.StatusOK)
-	var ar ActivateResponse
-	assert.NilError(t, json.NewDecoder(resp.Body).Decode(&ar))
 	return ar
 }
 

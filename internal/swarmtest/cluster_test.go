@@ -10,6 +10,7 @@ import (
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types/swarm"
 	"github.com/docker/docker/api/types/swarm/runtime"
 	"github.com/gogo/protobuf/proto"
 	"github.com/moby/swarmkit/v2/api"
@@ -87,6 +88,17 @@ func specIs(spec runtime.PluginSpec) func(*api.Task) bool {
 }
 
 // waitRunning waits until every node of c runs a task of spec.
+// deploy creates the global plugin service "vol" and waits until it runs,
+// installed and enabled, on every node.
+func deploy(t *testing.T, c *swarmtest.Cluster, spec runtime.PluginSpec) string {
+	t.Helper()
+	id, err := c.CreatePluginService(waitCtx(t), "vol", spec)
+	assert.NilError(t, err)
+	waitRunning(t, c, id, spec)
+	checkInstalled(t, c, id, spec)
+	return id
+}
+
 func waitRunning(t *testing.T, c *swarmtest.Cluster, serviceID string, spec runtime.PluginSpec) {
 	t.Helper()
 	start := time.Now()
@@ -164,13 +176,8 @@ func removeAndCheckGone(t *testing.T, c *swarmtest.Cluster, serviceID string) {
 // change its env, remove.
 func TestOneManager(t *testing.T) {
 	c := startCluster(t, 0)
-	ctx := waitCtx(t)
-
 	spec := runtime.PluginSpec{Name: pluginName, Remote: remote, Env: []string{"DEBUG=1"}}
-	id, err := c.CreatePluginService(ctx, "vol", spec)
-	assert.NilError(t, err)
-	waitRunning(t, c, id, spec)
-	checkInstalled(t, c, id, spec)
+	id := deploy(t, c, spec)
 
 	t.Run("wait timeout", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
@@ -198,13 +205,8 @@ func TestOneManager(t *testing.T) {
 // workers, disables it, lets a third worker join, and removes it.
 func TestManagerAndWorkers(t *testing.T) {
 	c := startCluster(t, 2)
-	ctx := waitCtx(t)
-
 	spec := runtime.PluginSpec{Name: pluginName, Remote: remote, Env: []string{"DEBUG=1"}}
-	id, err := c.CreatePluginService(ctx, "vol", spec)
-	assert.NilError(t, err)
-	waitRunning(t, c, id, spec)
-	checkInstalled(t, c, id, spec)
+	id := deploy(t, c, spec)
 
 	// Every later step needs the one before.
 	ok := t.Run("disable", func(t *testing.T) {
@@ -266,7 +268,7 @@ func TestPluginServiceSpec(t *testing.T) {
 	g := ss.Task.GetGeneric()
 	assert.Assert(t, g != nil)
 	assert.Check(t, is.Equal(g.Kind, plugin.RuntimeKind))
-	assert.Check(t, is.Equal(g.Payload.TypeUrl, swarmtest.PluginTypeURL))
+	assert.Check(t, is.Equal(g.Payload.TypeUrl, string(swarm.RuntimeURLPlugin)))
 	got, err := swarmtest.PluginSpecOf(&api.Task{Spec: ss.Task})
 	assert.NilError(t, err)
 	assert.Check(t, proto.Equal(&got, &spec))

@@ -31,6 +31,7 @@ import (
 	"time"
 
 	clog "github.com/containerd/log"
+	"github.com/docker/docker/api/types/swarm"
 	"github.com/docker/docker/api/types/swarm/runtime"
 	"github.com/gogo/protobuf/proto"
 	gogotypes "github.com/gogo/protobuf/types"
@@ -44,10 +45,6 @@ import (
 	"github.com/seed-e85c93d5/plugin"
 	"github.com/seed-e85c93d5/plugin/executor"
 )
-
-// PluginTypeURL is the type URL of a plugin task's payload, as the Docker
-// daemon sets it (swarm.RuntimeURLPlugin).
-const PluginTypeURL = "types.docker.com/RuntimePlugin"
 
 // Options configures a Cluster.
 type Options struct {
@@ -375,7 +372,7 @@ func pluginRuntime(spec runtime.PluginSpec) (*api.TaskSpec_Generic, error) {
 	}
 	return &api.TaskSpec_Generic{Generic: &api.GenericRuntimeSpec{
 		Kind:    "plugin",
-		Payload: &gogotypes.Any{TypeUrl: PluginTypeURL, Value: payload},
+		Payload: &gogotypes.Any{TypeUrl: string(swarm.RuntimeURLPlugin), Value: payload},
 	}}, nil
 }
 
