@@ -484,13 +484,17 @@ func (p *Controller) authFor(ctx context.Context) (*registry.AuthConfig, error) 
 	return cfg, nil
 }
 
-// lookup gets a plugin from the Backend by name or ID. Its errors are
-// classified and keep the Backend's cause (so cerrdefs.IsNotFound tells a
-// missing plugin); a Backend answer without plugin, error or ID is an
-// internal error.
+// lookup gets a plugin from the Backend by name or ID. A missing plugin is
+// the Backend's own error, classified not found, returned as is: callers
+// take it as an answer (Prepare pulls, Wait reports a removal, Remove is
+// done), so it is not worth wrapping. Other errors are classified and keep
+// their cause; a Backend answer without plugin, error or ID is an internal
+// error.
 func (p *Controller) lookup(nameOrID string) (*v2.Plugin, error) {
 	pl, err := p.backend.Get(nameOrID)
 	switch {
+	case cerrdefs.IsNotFound(err):
+		return nil, err
 	case err != nil:
 		return nil, classify(fmt.Sprintf("error looking up plugin %s", p.d.spec.Name), err)
 	case pl == nil:
