@@ -200,7 +200,7 @@ func readSpec(t *api.Task) (*decodedSpec, error) {
 	}
 	// A bad Name is left to the Backend, which refuses it (invalid
 	// argument) at Pull, as upstream.
-	d := &decodedSpec{spec: spec, remote: remote}
+	d := &decodedSpec{spec: spec, remote: remote, familiar: reference.FamiliarString(remote)}
 	specs.put(generic.Payload.Value, d)
 	return d, nil
 }
@@ -214,6 +214,9 @@ var specs = specCache{m: make(map[string]*decodedSpec)}
 type decodedSpec struct {
 	spec   runtime.PluginSpec
 	remote reference.Named
+	// familiar is remote as users write it ("vieux/sshfs:latest"), for
+	// log lines and errors.
+	familiar string
 }
 
 type specCache struct {
@@ -248,15 +251,31 @@ func runtimeName(r any) string {
 
 // log writes one line at level with the task's fields (and extra, if
 // any). It builds nothing when the level is disabled, so the debug line of
-// every step costs a level check in a daemon that logs at info.
+// every step costs a level check in a daemon that logs at info. A caller
+// whose extra fields cost something to build checks logger first and
+// calls write.
 func (p *Controller) log(ctx context.Context, level log.Level, msg string, extra log.Fields) {
+	if l := p.logger(ctx, level); l != nil {
+		p.write(ctx, l, level, msg, extra)
+	}
+}
+
+// logger returns the logger to write through, or nil when it does not log
+// at level.
+func (p *Controller) logger(ctx context.Context, level log.Level) *log.Entry {
 	l := p.opts.logger
 	if l == nil {
 		l = contextLogger(ctx)
 	}
 	if l.Logger == nil || !l.Logger.IsLevelEnabled(level) {
-		return
+		return nil
 	}
+	return l
+}
+
+// write writes one line through l (from logger) with l's fields, the
+// task's, and extra.
+func (p *Controller) write(ctx context.Context, l *log.Entry, level log.Level, msg string, extra log.Fields) {
 	fields := make(log.Fields, len(l.Data)+5+len(extra))
 	for k, v := range l.Data {
 		fields[k] = v
@@ -370,7 +389,7 @@ func (p *Controller) Prepare(ctx context.Context) error {
 			// takes the existing-plugin path with its ownership check.
 			return exec.MakeTemporary(classify(fmt.Sprintf("error pulling plugin %s", p.d.spec.Name), err))
 		}
-		return classify(fmt.Sprintf("error pulling plugin %s from %s", p.d.spec.Name, reference.FamiliarString(p.d.remote)), err)
+		return classify(fmt.Sprintf("error pulling plugin %s from %s", p.d.spec.Name, p.d.familiar), err)
 	}
 	if _, err := p.bind(p.d.spec.Name); err != nil {
 		if cerrdefs.IsNotFound(err) {
@@ -379,7 +398,9 @@ func (p *Controller) Prepare(ctx context.Context) error {
 		}
 		return err
 	}
-	p.log(ctx, log.InfoLevel, "plugin pulled", log.Fields{"remote": reference.FamiliarString(p.d.remote)})
+	if l := p.logger(ctx, log.InfoLevel); l != nil {
+		p.write(ctx, l, log.InfoLevel, "plugin pulled", log.Fields{"remote": p.d.familiar})
+	}
 	return nil
 }
 
@@ -407,7 +428,7 @@ func (p *Controller) prepareExisting(ctx context.Context, pl *v2.Plugin) error {
 	if err == nil {
 		err = p.backend.Upgrade(ctx, p.d.remote, p.d.spec.Name, nil, auth, convertPrivileges(p.d.spec.Privileges), p.opts.progress)
 		if err != nil {
-			err = classify(fmt.Sprintf("error upgrading plugin %s to %s", p.d.spec.Name, reference.FamiliarString(p.d.remote)), err)
+			err = classify(fmt.Sprintf("error upgrading plugin %s to %s", p.d.spec.Name, p.d.familiar), err)
 		}
 	}
 	if err != nil {
@@ -416,7 +437,9 @@ func (p *Controller) prepareExisting(ctx context.Context, pl *v2.Plugin) error {
 		}
 		return err
 	}
-	p.log(ctx, log.InfoLevel, "plugin upgraded", log.Fields{"remote": reference.FamiliarString(p.d.remote)})
+	if l := p.logger(ctx, log.InfoLevel); l != nil {
+		p.write(ctx, l, log.InfoLevel, "plugin upgraded", log.Fields{"remote": p.d.familiar})
+	}
 	if _, ok := p.backend.(Setter); ok {
 		if missing := missingEnv(pl.PluginObj.Settings.Env, p.d.spec.Env); len(missing) > 0 {
 			return p.applyEnv(ctx, pl.GetID(), missing)
@@ -770,7 +793,10 @@ func (p *Controller) Close() error {
 }
 
 func convertPrivileges(ls []*runtime.PluginPrivilege) types.PluginPrivileges {
-	var out types.PluginPrivileges
+	if len(ls) == 0 {
+		return nil
+	}
+	out := make(types.PluginPrivileges, 0, len(ls))
 	for _, p := range ls {
 		if p == nil {
 			continue

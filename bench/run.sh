@@ -12,6 +12,8 @@
 # info is a daemon's default level: ours writes three info lines per task
 # lifecycle (plugin pulled, enabled, removed), upstream none. At warn
 # neither writes a line, so the difference is the controller logic alone.
+# BenchmarkInfoLine measures one such line with no controller around it;
+# overhead.txt sets three of them against target (a)'s limit.
 # BENCH_LOG_LEVEL (see bench_test.go) selects the level of each run.
 #
 # Each round is one separate `go test -count=1` run per level, and the
@@ -134,6 +136,25 @@ awk '
 					diff = diff sprintf(u == 1 ? " %12.0f" : " %10.0f", median(key) - median(base))
 				}
 				print row " |" diff
+			}
+			# The floor under any controller that writes three info lines
+			# per lifecycle (BenchmarkInfoLine), against the limit of
+			# target (a): half of the overhead of upstream.
+			printf "  %-14s", "limit (a)"
+			for (u = 1; u <= 3; u++) {
+				key = lv[x] SUBSEP "BenchmarkLifecycle/impl=upstream" SUBSEP units[u]
+				base = lv[x] SUBSEP "BenchmarkLifecycle/impl=bare" SUBSEP units[u]
+				printf(u == 1 ? " %12s" : " %10s", u == 1 ? "-" : sprintf("%.1f", (median(key) - median(base)) / 2))
+			}
+			print "   (half of upstream-bare)"
+			split("fields=none fields=task", lf, " ")
+			for (y = 1; y <= 2; y++) {
+				row = sprintf("  3 lines, %-4s", substr(lf[y], 8))
+				for (u = 1; u <= 3; u++) {
+					key = lv[x] SUBSEP "BenchmarkInfoLine/" lf[y] SUBSEP units[u]
+					row = row (key in n ? sprintf(u == 1 ? " %12.0f" : " %10.0f", 3 * median(key)) : sprintf(" %10s", "-"))
+				}
+				print row "   (3 x BenchmarkInfoLine/" lf[y] ")"
 			}
 		}
 	}' LEVELS="${levels[*]}" "$OUT/bench.txt" | tee "$OUT/overhead.txt"
