@@ -559,6 +559,14 @@ func TestCalls(t *testing.T) {
 
 	calls[0].Method = "changed"
 	assert.Check(t, is.Equal(b.Calls()[0].Method, "Pull"), "Calls returns a copy")
+
+	b.ResetCalls()
+	assert.Check(t, is.Len(b.Calls(), 0), "ResetCalls forgets every call")
+	assert.Check(t, is.Len(calls, 7), "a copy taken before ResetCalls is kept")
+	_, _ = b.Get("vol")
+	after := b.Calls()
+	assert.Assert(t, is.Len(after, 1), "calls after ResetCalls are recorded")
+	assert.Check(t, is.Equal(after[0].Method, "Get"))
 }
 
 func TestPluginHelper(t *testing.T) {

@@ -83,6 +83,15 @@ func (b *Backend) record(c Call) {
 	b.calls = append(b.calls, c)
 }
 
+// ResetCalls forgets the calls recorded so far, so that Calls returns only
+// the calls made after it: a test calls it after its setup to look at the
+// part under test alone. Safe for concurrent use.
+func (b *Backend) ResetCalls() {
+	b.recMu.Lock()
+	defer b.recMu.Unlock()
+	b.calls = nil
+}
+
 // Calls returns a copy of the record of every call of a Backend method
 // (Pull, Upgrade, Enable, Disable, Remove, Get, Set, SubscribeEvents), in
 // the order they returned. The helpers (Plugin, Subscribers, ...) are not
