@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -249,34 +250,20 @@ func runtimeName(r any) string {
 	return fmt.Sprintf("%T", r)
 }
 
-// log writes one line at level with the task's fields (and extra, if
-// any). It builds nothing when the level is disabled, so the debug line of
-// every step costs a level check in a daemon that logs at info. A caller
-// whose extra fields cost something to build checks logger first and
-// calls write.
-func (p *Controller) log(ctx context.Context, level log.Level, msg string, extra log.Fields) {
-	if l := p.logger(ctx, level); l != nil {
-		p.write(ctx, l, level, msg, extra)
-	}
-}
-
-// logger returns the logger to write through, or nil when it does not log
-// at level.
-func (p *Controller) logger(ctx context.Context, level log.Level) *log.Entry {
+// log writes one line at level with the task's fields and extra, given as
+// key, value pairs. It builds nothing when the level is disabled (the
+// values are boxed only once the line is known to be written), so the
+// debug line of every step costs a level check in a daemon that logs at
+// info.
+func (p *Controller) log(ctx context.Context, level log.Level, msg string, extra ...string) {
 	l := p.opts.logger
 	if l == nil {
 		l = contextLogger(ctx)
 	}
 	if l.Logger == nil || !l.Logger.IsLevelEnabled(level) {
-		return nil
+		return
 	}
-	return l
-}
-
-// write writes one line through l (from logger) with l's fields, the
-// task's, and extra.
-func (p *Controller) write(ctx context.Context, l *log.Entry, level log.Level, msg string, extra log.Fields) {
-	fields := make(log.Fields, len(l.Data)+5+len(extra))
+	fields := make(log.Fields, len(l.Data)+5+len(extra)/2)
 	for k, v := range l.Data {
 		fields[k] = v
 	}
@@ -287,8 +274,8 @@ func (p *Controller) write(ctx context.Context, l *log.Entry, level log.Level, m
 	if id := p.boundID(); id != "" {
 		fields["plugin.id"] = id
 	}
-	for k, v := range extra {
-		fields[k] = v
+	for i := 0; i+1 < len(extra); i += 2 {
+		fields[extra[i]] = extra[i+1]
 	}
 	// One Entry with every field, rather than WithFields' copies of copies.
 	e := &log.Entry{Logger: l.Logger, Data: fields, Context: l.Context}
@@ -311,7 +298,7 @@ func contextLogger(ctx context.Context) *log.Entry {
 }
 
 func (p *Controller) debug(ctx context.Context, msg string) {
-	p.log(ctx, log.DebugLevel, msg, nil)
+	p.log(ctx, log.DebugLevel, msg)
 }
 
 // enter checks that the Controller may still act.
@@ -398,9 +385,7 @@ func (p *Controller) Prepare(ctx context.Context) error {
 		}
 		return err
 	}
-	if l := p.logger(ctx, log.InfoLevel); l != nil {
-		p.write(ctx, l, log.InfoLevel, "plugin pulled", log.Fields{"remote": p.d.familiar})
-	}
+	p.log(ctx, log.InfoLevel, "plugin pulled", "remote", p.d.familiar)
 	return nil
 }
 
@@ -437,9 +422,7 @@ func (p *Controller) prepareExisting(ctx context.Context, pl *v2.Plugin) error {
 		}
 		return err
 	}
-	if l := p.logger(ctx, log.InfoLevel); l != nil {
-		p.write(ctx, l, log.InfoLevel, "plugin upgraded", log.Fields{"remote": p.d.familiar})
-	}
+	p.log(ctx, log.InfoLevel, "plugin upgraded", "remote", p.d.familiar)
 	if _, ok := p.backend.(Setter); ok {
 		if missing := missingEnv(pl.PluginObj.Settings.Env, p.d.spec.Env); len(missing) > 0 {
 			return p.applyEnv(ctx, pl.GetID(), missing)
@@ -470,7 +453,7 @@ func (p *Controller) disableForChange(ctx context.Context, pl *v2.Plugin, why st
 		}
 		return classify(fmt.Sprintf("cannot disable plugin %s to %s", p.d.spec.Name, why), err)
 	}
-	p.log(ctx, log.InfoLevel, "plugin disabled", nil)
+	p.log(ctx, log.InfoLevel, "plugin disabled")
 	return nil
 }
 
@@ -478,17 +461,17 @@ func (p *Controller) disableForChange(ctx context.Context, pl *v2.Plugin, why st
 func (p *Controller) reenable(ctx context.Context, id string) {
 	err := p.backend.Enable(id, &backend.PluginEnableConfig{Timeout: p.enableTimeoutSeconds()})
 	if err != nil {
-		p.log(ctx, log.WarnLevel, "could not re-enable plugin after a failed upgrade", log.Fields{"error": err})
+		p.log(ctx, log.WarnLevel, "could not re-enable plugin after a failed upgrade", "error", err.Error())
 		return
 	}
-	p.log(ctx, log.InfoLevel, "plugin re-enabled after a failed upgrade", nil)
+	p.log(ctx, log.InfoLevel, "plugin re-enabled after a failed upgrade")
 }
 
 func (p *Controller) applyEnv(ctx context.Context, id string, env []string) error {
 	if err := p.backend.(Setter).Set(id, env); err != nil {
 		return classify(fmt.Sprintf("error setting env of plugin %s", p.d.spec.Name), err)
 	}
-	p.log(ctx, log.InfoLevel, "plugin env updated", log.Fields{"env.keys": envKeys(env)})
+	p.log(ctx, log.InfoLevel, "plugin env updated", "env.keys", fmt.Sprint(envKeys(env)))
 	return nil
 }
 
@@ -599,7 +582,7 @@ func (p *Controller) Start(ctx context.Context) error {
 		}
 		return classify(fmt.Sprintf("error enabling plugin %s", p.d.spec.Name), err)
 	}
-	p.log(ctx, log.InfoLevel, "plugin enabled", nil)
+	p.log(ctx, log.InfoLevel, "plugin enabled")
 	return nil
 }
 
@@ -684,7 +667,7 @@ func (p *Controller) Wait(ctx context.Context) error {
 					return ErrPluginDisabled
 				}
 			}
-			p.log(ctx, log.DebugLevel, "ignoring an event that matches the spec", log.Fields{"event": fmt.Sprintf("%T", e)})
+			p.log(ctx, log.DebugLevel, "ignoring an event that matches the spec", "event", fmt.Sprintf("%T", e))
 		}
 	}
 }
@@ -692,20 +675,22 @@ func (p *Controller) Wait(ctx context.Context) error {
 // Shutdown is the shutdown phase from swarmkit. It has no effect: the plugin
 // is shared with the service's other tasks and outlives this one.
 func (p *Controller) Shutdown(ctx context.Context) error {
-	if err := p.enter(); err != nil && !errors.Is(err, ErrTaskRemoved) {
-		return err
-	}
-	p.debug(ctx, "Shutdown")
-	return nil
+	return p.stop(ctx, "Shutdown")
 }
 
 // Terminate is the terminate phase from swarmkit. It has no effect, like
 // Shutdown.
 func (p *Controller) Terminate(ctx context.Context) error {
+	return p.stop(ctx, "Terminate")
+}
+
+// stop is Shutdown and Terminate: nothing to do, and a removed task may
+// still be stopped.
+func (p *Controller) stop(ctx context.Context, phase string) error {
 	if err := p.enter(); err != nil && !errors.Is(err, ErrTaskRemoved) {
 		return err
 	}
-	p.debug(ctx, "Terminate")
+	p.debug(ctx, phase)
 	return nil
 }
 
@@ -756,7 +741,7 @@ func (p *Controller) Remove(ctx context.Context) error {
 	holders.releaseLocked(p.backend, pl, p.taskID)
 	if n := pl.GetRefCount(); n > 0 {
 		p.markRemoved()
-		p.log(ctx, log.DebugLevel, "plugin still in use; keeping it", log.Fields{"references": n})
+		p.log(ctx, log.DebugLevel, "plugin still in use; keeping it", "references", strconv.Itoa(n))
 		return nil
 	}
 	if err := p.backend.Remove(pl.GetID(), &backend.PluginRmConfig{ForceRemove: true}); err != nil && !cerrdefs.IsNotFound(err) {
@@ -768,7 +753,7 @@ func (p *Controller) Remove(ctx context.Context) error {
 		return classify(fmt.Sprintf("error removing plugin %s", p.d.spec.Name), err)
 	}
 	p.markRemoved()
-	p.log(ctx, log.InfoLevel, "plugin removed", nil)
+	p.log(ctx, log.InfoLevel, "plugin removed")
 	return nil
 }
 

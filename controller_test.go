@@ -95,6 +95,15 @@ func started(t testing.TB, ctx context.Context, b plugin.Backend, id string, s r
 	return c
 }
 
+// install pulls remote as name straight into b, with no controller: as a
+// person, another service (opts) or the daemon before a restart would.
+func install(t testing.TB, b *plugintest.Backend, opts ...mobyplugin.CreateOpt) {
+	t.Helper()
+	ref, err := reference.ParseNormalizedNamed(remote)
+	assert.NilError(t, err)
+	assert.NilError(t, b.Pull(context.Background(), ref, name, nil, &registry.AuthConfig{}, nil, io.Discard, opts...))
+}
+
 // state returns the plugin's snapshot and reference count; found reports
 // whether it exists.
 func state(t testing.TB, b *plugintest.Backend, n string) (p types.Plugin, refs int, found bool) {
@@ -252,8 +261,7 @@ func TestPrepareRefusesForeignPlugin(t *testing.T) {
 			if owner != "" {
 				opts = append(opts, mobyplugin.WithSwarmService(owner))
 			}
-			ref, _ := reference.ParseNormalizedNamed(remote)
-			assert.NilError(t, b.Pull(ctx, ref, name, nil, &registry.AuthConfig{}, nil, io.Discard, opts...))
+			install(t, b, opts...)
 			assert.NilError(t, b.Enable(name, &backend.PluginEnableConfig{}))
 			calls := len(b.Calls())
 
@@ -551,8 +559,7 @@ func TestResumedTaskAfterDaemonRestartRemoves(t *testing.T) {
 	b := plugintest.NewBackend()
 	ctx := context.Background()
 	// The plugin survives a daemon restart, its reference counts don't.
-	ref, _ := reference.ParseNormalizedNamed(remote)
-	assert.NilError(t, b.Pull(ctx, ref, name, nil, &registry.AuthConfig{}, nil, io.Discard, mobyplugin.WithSwarmService(service)))
+	install(t, b, mobyplugin.WithSwarmService(service))
 
 	c := newController(t, b, "task-old", spec(remote, false))
 	assert.NilError(t, c.Remove(ctx))
@@ -563,8 +570,7 @@ func TestResumedTaskAfterDaemonRestartRemoves(t *testing.T) {
 func TestResumedTaskNeverActsOnAnotherPlugin(t *testing.T) {
 	b := plugintest.NewBackend()
 	ctx := context.Background()
-	ref, _ := reference.ParseNormalizedNamed(remote)
-	assert.NilError(t, b.Pull(ctx, ref, name, nil, &registry.AuthConfig{}, nil, io.Discard))
+	install(t, b)
 	assert.NilError(t, b.Enable(name, &backend.PluginEnableConfig{}))
 
 	c := newController(t, b, "task-1", spec(remote, true))
@@ -1056,6 +1062,9 @@ func TestLogging(t *testing.T) {
 			infos++
 			assert.Assert(t, strings.Contains(line, "plugin.id="+id), line)
 		}
+		if strings.Contains(line, `msg="plugin pulled"`) {
+			assert.Assert(t, strings.Contains(line, `remote="`+remote+`"`), line)
+		}
 	}
 	assert.Equal(t, infos, 2, "pulled and enabled: %v", logs.lines)
 }
@@ -1259,8 +1268,7 @@ func TestFailuresMidStep(t *testing.T) {
 	t.Run("plugin replaced by someone else's", func(t *testing.T) {
 		b, c := prepared(t, false)
 		assert.NilError(t, b.Remove(name, &backend.PluginRmConfig{ForceRemove: true}))
-		ref, _ := reference.ParseNormalizedNamed(remote)
-		assert.NilError(t, b.Pull(ctx, ref, name, nil, &registry.AuthConfig{}, nil, io.Discard))
+		install(t, b)
 		assert.NilError(t, c.Remove(ctx))
 		_, _, found := state(t, b, name)
 		assert.Assert(t, found, "a person's plugin of the same name stays")
