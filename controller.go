@@ -337,7 +337,7 @@ func (p *Controller) Prepare(ctx context.Context) error {
 	if err == nil {
 		return p.prepareExisting(ctx, pl)
 	}
-	if !cerrdefs.IsNotFound(err) {
+	if !notInstalled(err) {
 		return err
 	}
 
@@ -480,7 +480,11 @@ func (p *Controller) lookup(nameOrID string) (*v2.Plugin, error) {
 	case cerrdefs.IsNotFound(err):
 		return nil, err
 	case err != nil:
-		return nil, classify(fmt.Sprintf("error looking up plugin %s", p.d.spec.Name), err)
+		wrapped := classify(fmt.Sprintf("error looking up plugin %s", p.d.spec.Name), err)
+		if !hasClass(err) && !isTransient(err) {
+			return nil, &unclassifiedLookupError{wrapped}
+		}
+		return nil, wrapped
 	case pl == nil:
 		return nil, withDetail(errBackend, "Get returned neither a plugin nor an error", nil)
 	case pl.GetID() == "":
@@ -489,11 +493,31 @@ func (p *Controller) lookup(nameOrID string) (*v2.Plugin, error) {
 	return pl, nil
 }
 
-// owns reports whether the task's service owns pl. A plugin without an
-// owning service (a person installed it) is never the task's, even for a
-// task without a service.
+// unclassifiedLookupError is an error of Backend.Get that carries no
+// errdefs class and is not temporary: the answer of a hand-written fake
+// (moby's own mockBackend returns errors.New("not found")) rather than of
+// moby's Manager, which classifies every error.
+type unclassifiedLookupError struct{ error }
+
+func (e *unclassifiedLookupError) Unwrap() error { return e.error }
+
+// notInstalled reports whether a lookup error means that no plugin of the
+// name is installed: the Backend says not found, or, as upstream reads any
+// error of Get in Prepare, it gives an unclassified, permanent error.
+// Classified errors (an ambiguous name, an unavailable backend) and
+// temporary ones are not taken as an answer.
+func notInstalled(err error) bool {
+	var unclassified *unclassifiedLookupError
+	return cerrdefs.IsNotFound(err) || errors.As(err, &unclassified)
+}
+
+// owns reports whether the task's service owns pl: upstream's rule, the
+// plugin's SwarmServiceID is the task's ServiceID. swarmkit gives every
+// task of a plugin service its service's ID, so a plugin a person installed
+// (no SwarmServiceID) is never a swarm task's; only a task built by hand
+// without a ServiceID, as in upstream's own tests, owns such a plugin.
 func (p *Controller) owns(pl *v2.Plugin) bool {
-	return p.service != "" && pl.SwarmServiceID == p.service
+	return pl.SwarmServiceID == p.service
 }
 
 // bind resolves the task's plugin by name or ID, checks that this task's
