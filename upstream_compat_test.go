@@ -20,6 +20,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -52,11 +53,12 @@ type upstreamMock struct {
 	mu         sync.Mutex // guards p: Wait's Get runs alongside the test
 	p          *v2.Plugin
 	pub        *pubsub.Publisher
-	subscribed chan struct{} // receives once per SubscribeEvents call
+	subscribed chan struct{}    // receives once per SubscribeEvents call
+	delivered  chan interface{} // receives each event once a subscriber took it
 }
 
 func newUpstreamMock() *upstreamMock {
-	return &upstreamMock{pub: pubsub.NewPublisher(0, 0), subscribed: make(chan struct{}, 16)}
+	return &upstreamMock{pub: pubsub.NewPublisher(0, 0), subscribed: make(chan struct{}, 16), delivered: make(chan interface{}, 64)}
 }
 
 func (m *upstreamMock) plugin() *v2.Plugin {
@@ -104,10 +106,48 @@ func (m *upstreamMock) Get(name string) (*v2.Plugin, error) {
 	return nil, errors.New("not found")
 }
 
+// SubscribeEvents subscribes to every event, as upstream's mock does. The
+// subscriber reads from an unbuffered relay of the publisher's channel, so
+// that the mock can report each event the moment the subscriber takes it
+// (delivered). The relay ends when cancel is called.
 func (m *upstreamMock) SubscribeEvents(buffer int, events ...mobyplugin.Event) (eventCh <-chan interface{}, cancel func()) {
 	ch := m.pub.SubscribeTopicWithBuffer(nil, buffer)
+	out, done := make(chan interface{}), make(chan struct{})
+	go func() {
+		for e := range ch {
+			select {
+			case out <- e:
+				m.delivered <- e
+			case <-done:
+				return
+			}
+		}
+	}()
 	m.subscribed <- struct{}{}
-	return ch, func() { m.pub.Evict(ch) }
+	var once sync.Once
+	return out, func() {
+		once.Do(func() {
+			close(done)
+			m.pub.Evict(ch)
+		})
+	}
+}
+
+// awaitDelivered waits until the subscriber took an event of want's type.
+// The publisher drops an event that finds its subscriber's buffer full, so
+// the tests publish the next event only once the last one was taken.
+func (m *upstreamMock) awaitDelivered(t *testing.T, errc <-chan error, want interface{}) {
+	t.Helper()
+	for {
+		select {
+		case e := <-m.delivered:
+			if reflect.TypeOf(e) == reflect.TypeOf(want) {
+				return
+			}
+		case err := <-errc:
+			t.Fatalf("Wait returned before taking %T: %v", want, err)
+		}
+	}
 }
 
 // upstreamTask numbers the tasks of a test: upstream's controllers have no
@@ -129,12 +169,11 @@ func (n *upstreamTasks) controllerOf(t *testing.T, b plugin.Backend, disabled bo
 	return c
 }
 
-// upstreamWaitAsync runs Wait on its own goroutine and returns once Wait is in its
-// event loop: it has subscribed (the mock's signal) and has consumed an
-// event that it ignores, which it reads only after checking the plugin's
-// state. The second of two such events can only be published once Wait
-// took the first from its one-slot buffer. So the test's next state change
-// cannot race with that check, and must arrive as an event.
+// upstreamWaitAsync runs Wait on its own goroutine and returns once Wait
+// is in its event loop: it has subscribed (the mock's signal) and has taken
+// an event that it ignores, which it reads only after checking the
+// plugin's state. So the test's next state change cannot race with that
+// check, and must arrive as an event.
 func upstreamWaitAsync(t *testing.T, ctx context.Context, b *upstreamMock, c *plugin.Controller) <-chan error {
 	t.Helper()
 	errc := make(chan error, 1)
@@ -144,17 +183,8 @@ func upstreamWaitAsync(t *testing.T, ctx context.Context, b *upstreamMock, c *pl
 	case err := <-errc:
 		t.Fatalf("Wait returned before subscribing: %v", err)
 	}
-	looping := make(chan struct{})
-	go func() {
-		b.pub.Publish(mobyplugin.EventCreate{})
-		b.pub.Publish(mobyplugin.EventCreate{})
-		close(looping)
-	}()
-	select {
-	case <-looping:
-	case err := <-errc:
-		t.Fatalf("Wait returned instead of waiting: %v", err)
-	}
+	b.pub.Publish(mobyplugin.EventCreate{})
+	b.awaitDelivered(t, errc, mobyplugin.EventCreate{})
 	return errc
 }
 
@@ -232,6 +262,7 @@ func TestUpstreamWaitDisabled(t *testing.T) {
 	// A disable confirms the spec: Wait goes on. Had it returned on this
 	// event, the error below would be "plugin disabled", not "removed".
 	assert.NilError(t, b.Disable(upstreamName, nil))
+	b.awaitDelivered(t, errc, mobyplugin.EventDisable{})
 	assert.NilError(t, b.Remove(upstreamName, nil))
 	err = <-errc
 	assert.ErrorContains(t, err, "removed")
@@ -256,6 +287,7 @@ func TestUpstreamWaitEnabled(t *testing.T) {
 
 	errc = upstreamWaitAsync(t, ctx, b, c)
 	assert.NilError(t, b.Enable(upstreamName, nil))
+	b.awaitDelivered(t, errc, mobyplugin.EventEnable{})
 	assert.NilError(t, b.Remove(upstreamName, nil))
 	err := <-errc
 	assert.ErrorContains(t, err, "removed")
