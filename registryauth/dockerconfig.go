@@ -155,7 +155,7 @@ func loadDockerConfig(path string) (*dockerConfig, error) {
 		if errors.As(err, &pathErr) {
 			return nil, readError(path, err)
 		}
-		return nil, fmt.Errorf("registryauth: docker config %q: %w (%w)", path, redactDecodeError(err), cerrdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("registryauth: docker config %q: %w: %w", path, redactDecodeError(err), cerrdefs.ErrInvalidArgument)
 	}
 	return &cfg, nil
 }
@@ -167,7 +167,7 @@ func readError(path string, err error) error {
 	if errors.Is(err, fs.ErrPermission) {
 		class = cerrdefs.ErrPermissionDenied
 	}
-	return fmt.Errorf("registryauth: reading docker config %q: %w (%w)", path, err, class)
+	return fmt.Errorf("registryauth: reading docker config %q: %w: %w", path, err, class)
 }
 
 // lookup finds the entry of m for a registry: the exact key first, then the
@@ -197,7 +197,7 @@ func (e authEntry) authConfig(path, host, serverAddress string) (*registry.AuthC
 	if e.Auth != "" {
 		var err error
 		if username, password, err = decodeAuthField(e.Auth); err != nil {
-			return nil, fmt.Errorf("registryauth: docker config %q: auths entry for registry %q: %w (%w)", path, host, err, cerrdefs.ErrInvalidArgument)
+			return nil, fmt.Errorf("registryauth: docker config %q: auths entry for registry %q: %w: %w", path, host, err, cerrdefs.ErrInvalidArgument)
 		}
 	}
 	if username == "" && password == "" && e.IdentityToken == "" && e.RegistryToken == "" {
@@ -272,18 +272,18 @@ func helperError(program, host string, run *recordingProgram) error {
 	prefix := fmt.Sprintf("registryauth: credential helper %q for registry %q", program, host)
 	if run == nil || !run.ran {
 		// Not reachable with the current client, which always runs the program.
-		return fmt.Errorf("%s: failed without running (%w)", prefix, cerrdefs.ErrUnknown)
+		return fmt.Errorf("%s: failed without running: %w", prefix, cerrdefs.ErrUnknown)
 	}
 	if run.err == nil {
-		return fmt.Errorf("%s: malformed response (%w)", prefix, cerrdefs.ErrFailedPrecondition)
+		return fmt.Errorf("%s: malformed response: %w", prefix, cerrdefs.ErrFailedPrecondition)
 	}
 	var exitErr *exec.ExitError
 	if errors.As(run.err, &exitErr) {
 		// "exit status N"; Stderr is not captured (the client forwards it).
-		return fmt.Errorf("%s: %w (%w)", prefix, run.err, cerrdefs.ErrUnavailable)
+		return fmt.Errorf("%s: %w: %w", prefix, run.err, cerrdefs.ErrUnavailable)
 	}
 	// Could not be started: not found in PATH, not executable, ...
-	return fmt.Errorf("%s: %w (%w)", prefix, run.err, cerrdefs.ErrFailedPrecondition)
+	return fmt.Errorf("%s: %w: %w", prefix, run.err, cerrdefs.ErrFailedPrecondition)
 }
 
 // recordingProgram wraps a credential helper program to keep the error from

@@ -68,6 +68,34 @@ func assertNoSecrets(t *testing.T, err error, secrets ...string) {
 	}
 }
 
+// errorClasses are the causes every error of this package ends with: its
+// errdefs class, or the context's error.
+var errorClasses = []error{
+	cerrdefs.ErrInvalidArgument, cerrdefs.ErrPermissionDenied, cerrdefs.ErrFailedPrecondition,
+	cerrdefs.ErrUnavailable, context.Canceled, context.DeadlineExceeded, cerrdefs.ErrUnknown,
+}
+
+// assertErrorStyle checks the one message style of this package:
+// "registryauth: <what>: <cause>: <class>", each cause after ": " as
+// fmt.Errorf("...: %w") writes it, the class last and never in parentheses.
+func assertErrorStyle(t *testing.T, err error) {
+	t.Helper()
+	msg := err.Error()
+	assert.Check(t, strings.HasPrefix(msg, "registryauth: "), msg)
+	var class error
+	for _, c := range errorClasses {
+		if errors.Is(err, c) {
+			class = c
+			break
+		}
+	}
+	assert.Assert(t, class != nil, "unclassified error: %s", msg)
+	assert.Check(t, strings.HasSuffix(msg, ": "+class.Error()), "class not last: %s", msg)
+	for _, c := range errorClasses {
+		assert.Check(t, !strings.Contains(msg, "("+c.Error()+")"), "class in parentheses: %s", msg)
+	}
+}
+
 func TestErrorsNeverContainSecrets(t *testing.T) {
 	withHelpers(t)
 	dir := t.TempDir()
@@ -294,7 +322,7 @@ func TestErrorsNeverContainSecrets(t *testing.T) {
 			err := tc.call()
 			assert.Assert(t, err != nil)
 			t.Log(err)
-			assert.Check(t, strings.HasPrefix(err.Error(), "registryauth: "), err.Error())
+			assertErrorStyle(t, err)
 			assert.Check(t, tc.class(err), "wrong classification: %v", err)
 			for _, m := range tc.mentions {
 				assert.Check(t, is.ErrorContains(err, m))

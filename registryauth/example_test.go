@@ -75,7 +75,7 @@ func ExampleFromEncoded() {
 	// Output:
 	// registry.example.com/team/volume-plugin: user "deploy" for registry.example.com
 	// vieux/sshfs: user "deploy" for registry.example.com
-	// registryauth: invalid encoded registry auth: malformed JSON at byte offset 2 (invalid argument)
+	// registryauth: invalid encoded registry auth: malformed JSON at byte offset 2: invalid argument
 }
 
 func ExampleFromDockerConfig() {

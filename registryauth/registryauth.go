@@ -179,7 +179,7 @@ func Static(host string, cfg registry.AuthConfig) Func {
 func FromEncoded(header string) (Func, error) {
 	cfg, err := registry.DecodeAuthConfig(header)
 	if err != nil {
-		return nil, fmt.Errorf("registryauth: invalid encoded registry auth: %w (%w)", redactDecodeError(err), cerrdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("registryauth: invalid encoded registry auth: %w: %w", redactDecodeError(err), cerrdefs.ErrInvalidArgument)
 	}
 	if !hasCredentials(cfg) {
 		return func(context.Context, reference.Named) (*registry.AuthConfig, error) {
