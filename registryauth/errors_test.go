@@ -279,6 +279,12 @@ func TestErrorsNeverContainSecrets(t *testing.T) {
 			class: cerrdefs.IsInvalidArgument,
 		},
 		{
+			name:     "encoded: server address without a host",
+			call:     fromEncodedErr(encode(`{"password": "` + pwSecret + `", "serveraddress": "https://"}`)),
+			class:    cerrdefs.IsInvalidArgument,
+			mentions: []string{"server address"},
+		},
+		{
 			name: "static: empty host",
 			call: func() error {
 				_, err := Static("", registry.AuthConfig{Password: pwSecret})(context.Background(), alpine)

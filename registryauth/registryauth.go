@@ -167,30 +167,47 @@ func Static(host string, cfg registry.AuthConfig) Func {
 	}
 }
 
-// FromEncoded returns a Func that answers the credentials encoded in header
-// (an X-Registry-Auth value: base64url-encoded JSON) for every reference.
-// The header is decoded once, with docker's own
-// registry.DecodeAuthConfig. An empty header, or one that decodes to a
-// config without any credentials, yields anonymous pulls.
+// FromEncoded returns a Func for the credentials encoded in header, an
+// X-Registry-Auth value (base64url-encoded JSON), decoded once with
+// docker's own registry.DecodeAuthConfig.
 //
-// A header that cannot be decoded is reported with an error wrapping
-// errdefs.ErrInvalidArgument; neither the header nor any part of its
-// decoded content appears in that error.
+// If the header names a registry in its ServerAddress (the docker CLI
+// always sets it), its credentials are returned only for references on
+// that registry, and nil (anonymous) for every other: it behaves as
+// Static(ServerAddress, decoded config), with the same host normalisation
+// and Docker Hub aliases. A ServerAddress from which no host can be taken
+// (such as "https://") is an error wrapping errdefs.ErrInvalidArgument.
+//
+// WARNING: a header without ServerAddress carries no registry, so its
+// credentials are returned for every reference, whatever its registry:
+// used executor-wide, they are sent to any registry a plugin is pulled
+// from, Docker Hub included. Set ServerAddress unless that is intended.
+//
+// An empty header, or one that decodes to a config without any
+// credentials, yields anonymous pulls. A header that cannot be decoded is
+// reported with an error wrapping errdefs.ErrInvalidArgument; neither the
+// header nor any part of its decoded content appears in that error.
 func FromEncoded(header string) (Func, error) {
 	cfg, err := registry.DecodeAuthConfig(header)
 	if err != nil {
 		return nil, fmt.Errorf("registryauth: invalid encoded registry auth: %w: %w", redactDecodeError(err), cerrdefs.ErrInvalidArgument)
 	}
-	if !hasCredentials(cfg) {
+	switch {
+	case !hasCredentials(cfg):
 		return func(context.Context, reference.Named) (*registry.AuthConfig, error) {
 			return nil, nil
 		}, nil
+	case cfg.ServerAddress == "":
+		saved := *cfg
+		return func(context.Context, reference.Named) (*registry.AuthConfig, error) {
+			c := saved // copy: callers may modify the result
+			return &c, nil
+		}, nil
+	case normalizeHost(cfg.ServerAddress) == "":
+		return nil, fmt.Errorf("registryauth: invalid encoded registry auth: server address names no registry host: %w", cerrdefs.ErrInvalidArgument)
+	default:
+		return Static(cfg.ServerAddress, *cfg), nil
 	}
-	saved := *cfg
-	return func(context.Context, reference.Named) (*registry.AuthConfig, error) {
-		c := saved // copy: callers may modify the result
-		return &c, nil
-	}, nil
 }
 
 // hasCredentials reports whether cfg carries anything to authenticate with.

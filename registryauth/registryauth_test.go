@@ -124,10 +124,58 @@ func TestStaticInvalid(t *testing.T) {
 
 func TestFromEncoded(t *testing.T) {
 	ctx := context.Background()
-	want := registry.AuthConfig{Username: "u", Password: "p", ServerAddress: "myreg.example.com", IdentityToken: "it", RegistryToken: "rt"}
+	tests := []struct {
+		serverAddress string
+		mine, others  []string // references that get the credentials, and that do not
+	}{
+		{
+			serverAddress: "myreg.example.com",
+			mine:          []string{"myreg.example.com/plugin", "MyReg.Example.com/team/plugin:1"},
+			others:        []string{"alpine", "docker.io/vieux/sshfs", "myreg.example.com:5000/plugin", "other.example.com/plugin", "sub.myreg.example.com/plugin"},
+		},
+		{
+			serverAddress: "https://myreg.example.com:5000/v2/",
+			mine:          []string{"myreg.example.com:5000/plugin"},
+			others:        []string{"myreg.example.com/plugin", "alpine"},
+		},
+		{
+			// What the docker CLI sends for Docker Hub.
+			serverAddress: "https://index.docker.io/v1/",
+			mine:          []string{"alpine", "docker.io/vieux/sshfs", "index.docker.io/vieux/sshfs", "registry-1.docker.io/vieux/sshfs"},
+			others:        []string{"myreg.example.com/plugin", "docker.io.example.com/plugin"},
+		},
+	}
+	for _, tc := range tests {
+		want := registry.AuthConfig{Username: "u", Password: "p", ServerAddress: tc.serverAddress, IdentityToken: "it", RegistryToken: "rt"}
+		header, err := registry.EncodeAuthConfig(want)
+		assert.NilError(t, err)
+		auth, err := FromEncoded(header)
+		assert.NilError(t, err)
+		for _, name := range tc.mine {
+			cfg, err := auth(ctx, mustRef(t, name))
+			assert.NilError(t, err)
+			assert.Check(t, is.DeepEqual(cfg, &want), "server address %q, ref %q", tc.serverAddress, name)
+			if cfg != nil {
+				cfg.Password = "modified by caller"
+			}
+		}
+		for _, name := range tc.others {
+			cfg, err := auth(ctx, mustRef(t, name))
+			assert.NilError(t, err)
+			assert.Check(t, is.Nil(cfg), "server address %q, ref %q", tc.serverAddress, name)
+		}
+		_, err = auth(ctx, nil)
+		assert.Check(t, cerrdefs.IsInvalidArgument(err), "%v", err)
+	}
+}
+
+// TestFromEncodedWithoutServerAddress: a header that names no registry
+// applies to every reference (documented with a warning).
+func TestFromEncodedWithoutServerAddress(t *testing.T) {
+	ctx := context.Background()
+	want := registry.AuthConfig{Username: "u", Password: "p"}
 	header, err := registry.EncodeAuthConfig(want)
 	assert.NilError(t, err)
-
 	auth, err := FromEncoded(header)
 	assert.NilError(t, err)
 	for _, name := range []string{"alpine", "myreg.example.com/plugin", "other.example.com:5000/x"} {
