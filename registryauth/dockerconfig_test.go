@@ -245,3 +245,28 @@ func TestFromDockerConfigConcurrent(t *testing.T) {
 	}
 	assert.Check(t, is.Len(calls(), workers*2))
 }
+
+// TestFromDockerConfigHelperKeepsRegistryToken: like the CLI's credential
+// store, a helper's answer replaces the username, password and identity
+// token of the host's "auths" entry and keeps its registry token, even
+// when the helper has no credentials for the host.
+func TestFromDockerConfigHelperKeepsRegistryToken(t *testing.T) {
+	withHelpers(t)
+	path := writeConfig(t, `{
+	"auths": {
+		"myreg.example.com": {"username": "fileuser", "password": "filepass", "registrytoken": "rt1"},
+		"https://token.example.com/v1/": {"identitytoken": "fileidtok", "registrytoken": "rt2"},
+		"unknown.example.com": {"username": "fileuser", "password": "filepass", "registrytoken": "rt3"}
+	},
+	"credsStore": "`+storeHelper+`"
+}`)
+	auth := FromDockerConfig(path)
+	assert.Check(t, is.DeepEqual(resolve(t, auth, "myreg.example.com/plugin"),
+		&registry.AuthConfig{Username: "teststore-user", Password: "teststore-secret", RegistryToken: "rt1", ServerAddress: "myreg.example.com"}))
+	assert.Check(t, is.DeepEqual(resolve(t, auth, "token.example.com/plugin"),
+		&registry.AuthConfig{IdentityToken: "teststore-idtoken", RegistryToken: "rt2", ServerAddress: "token.example.com"}))
+	// "credentials not found": only the registry token is left, and the
+	// CLI's store leaves no ServerAddress either.
+	assert.Check(t, is.DeepEqual(resolve(t, auth, "unknown.example.com/plugin"),
+		&registry.AuthConfig{RegistryToken: "rt3"}))
+}
