@@ -32,15 +32,18 @@ import (
 //   - credHelpers[key], if present, names the credential helper, even over
 //     credsStore; an empty name there selects the "auths" entries.
 //     Otherwise credsStore, if set, names the helper. A helper runs as
-//     "docker-credential-<name> get"; its "credentials not found" means
-//     anonymous (the "auths" entries are not consulted), a "<token>"
-//     username an identity token.
+//     "docker-credential-<name> get"; its answer replaces the username,
+//     password and identity token of the host's "auths" entry (only a
+//     registry token stays), "credentials not found" counting as empty
+//     ones, and a "<token>" username means an identity token.
 //   - Without a helper, "auths"[key] is used, or else an "auths" key that
 //     reduces to key once a scheme and path are removed (such as
-//     "https://host/v1/"); matching is case-sensitive, and Docker Hub
-//     credentials are only found under "https://index.docker.io/v1/". An
-//     "auth" field (base64 "user:password") overrides "username" and
-//     "password"; "identitytoken" and "registrytoken" are passed on.
+//     "https://host/v1/"); if several keys do, which one is used is
+//     unspecified, as with the CLI. Matching is case-sensitive, and Docker
+//     Hub credentials are only found under "https://index.docker.io/v1/".
+//     An "auth" field (base64 "user:password") overrides "username" and
+//     "password"; "identitytoken" and "registrytoken" are passed on. Like
+//     the CLI, a malformed "auth" field in any entry spoils the whole file.
 //   - ServerAddress is the matched "auths" key, or the lookup key for a
 //     helper. A result without any credentials (such as the "{}" the CLI
 //     writes next to a helper) is nil: anonymous.
