@@ -59,6 +59,15 @@ var (
 	// the task's reference. Classified failed precondition.
 	ErrTaskRemoved error = &classError{msg: "plugin task already removed", class: cerrdefs.ErrFailedPrecondition}
 
+	// errNilBackend: New was given no Backend, or a typed nil one.
+	// Classified invalid argument.
+	errNilBackend error = &classError{msg: "plugin controller needs a backend, got nil", class: cerrdefs.ErrInvalidArgument}
+
+	// errEventsClosed: the Backend closed the event stream a Wait was
+	// reading. Wait returns it temporary, so swarmkit waits again.
+	// Classified unavailable.
+	errEventsClosed error = &classError{msg: "plugin event stream closed by the backend", class: cerrdefs.ErrUnavailable}
+
 	// errBackend: the Backend answered with something that cannot be
 	// right (a nil plugin without an error, an empty ID, a nil event
 	// channel). Classified internal.
