@@ -283,8 +283,14 @@ func (p *Controller) log(ctx context.Context, level log.Level, msg string, extra
 		fields[k] = v
 	}
 	fields["controller"] = "plugin"
-	fields["task"] = p.taskID
-	fields["service"] = p.service
+	// swarmkit's agent logger already names the task and the service
+	// (task.id, service.id): say it once.
+	if _, ok := l.Data["task.id"]; !ok {
+		fields["task"] = p.taskID
+	}
+	if _, ok := l.Data["service.id"]; !ok {
+		fields["service"] = p.service
+	}
 	fields["plugin"] = p.d.spec.Name
 	if id := p.boundID(); id != "" {
 		fields["plugin.id"] = id

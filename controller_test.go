@@ -1322,6 +1322,9 @@ func TestLoggingKeepsAgentFields(t *testing.T) {
 	assert.Assert(t, len(capture.lines) > 0)
 	for _, line := range capture.lines {
 		assert.Assert(t, strings.Contains(line, "module=node/agent/taskmanager") && strings.Contains(line, "plugin=vol"), line)
+		// The agent's task.id is not repeated as task; the service, which
+		// this context does not name, is.
+		assert.Assert(t, !strings.Contains(line, " task=") && strings.Contains(line, " service="), line)
 	}
 }
 
