@@ -47,12 +47,14 @@ var (
 	// and errors.As.
 	ErrInvalidSpec error = &classError{msg: "invalid plugin spec", class: cerrdefs.ErrInvalidArgument}
 
-	// ErrPluginInUse: the spec asks for the plugin to be disabled (or an
-	// upgrade needs it disabled) while references other than this
-	// service's tasks hold it, for example a volume that uses the driver.
-	// The Controller does not tear the plugin away from them; the error is
-	// temporary (exec.IsTemporary), so swarmkit retries until they let go.
-	// Classified conflict.
+	// ErrPluginInUse: the spec says Disabled while references other than
+	// this service's tasks hold the plugin, for example a volume created on
+	// the driver or a container logging through it. Prepare and Start
+	// leave the plugin running for them; the error is temporary
+	// (exec.IsTemporary), so swarmkit retries, and Start disables the
+	// plugin once they let go. (A new remote or a settable env value is
+	// applied under such references, as stock dockerd does: force-disable,
+	// change, enable.) Classified conflict.
 	ErrPluginInUse error = &classError{msg: "plugin is in use", class: cerrdefs.ErrConflict}
 
 	// ErrTaskRemoved: a lifecycle method was called after Remove released
