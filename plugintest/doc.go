@@ -8,15 +8,16 @@
 //	task := plugintest.NewTask("task-1", "svc-1", runtime.PluginSpec{Remote: "vieux/sshfs"})
 //	c, _ := plugin.NewController(b, task)
 //	// ... c.Prepare(ctx), c.Start(ctx) ...
-//	obj, refs, _ := b.Plugin("vieux/sshfs")
+//	s, _ := b.Snapshot("vieux/sshfs") // s.Enabled, s.Refs, s.SwarmServiceID, ...
 //
 // A Backend implements the controller's Backend interface (Pull, Upgrade,
 // Get, Enable, Disable, Remove, SubscribeEvents) and its optional Setter
 // (Set). Test helpers register remotes (AddRemote, MissingRemote), inject
 // failures (FailNext), record calls (Calls), wait for subscriptions
-// (WaitSubscribers, Subscribers) and take race-free snapshots (Plugin);
-// NewTask builds a plugin task the way the daemon encodes it. Every method
-// is safe for concurrent use.
+// (WaitSubscribers, Subscribers) and take race-free snapshots (Snapshot:
+// the plugin's API object, its owning service and its reference count;
+// Plugin without the owner); NewTask builds a plugin task the way the
+// daemon encodes it. Every method is safe for concurrent use.
 //
 // # What it mirrors
 //

@@ -28,13 +28,13 @@ func Example() {
 		panic(err)
 	}
 
-	p, refs, err := b.Plugin("vol")
+	s, err := b.Snapshot("vol")
 	if err != nil {
 		panic(err)
 	}
-	fmt.Println(p.Name, p.PluginReference, p.Settings.Env)
-	fmt.Println("enabled:", p.Enabled, "references:", refs)
+	fmt.Println(s.Name, s.PluginReference, s.Settings.Env)
+	fmt.Println("enabled:", s.Enabled, "references:", s.Refs, "owner:", s.SwarmServiceID)
 	// Output:
 	// vol:latest docker.io/example/vol:1.0 [DEBUG=1]
-	// enabled: true references: 1
+	// enabled: true references: 1 owner: svc-1
 }
