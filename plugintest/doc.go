@@ -87,8 +87,8 @@
 // through the locking accessors are thus ordered with the fake's writes.
 // Reading PluginObj fields directly (or copying PluginObj) while the state
 // may change is still reported by -race, as it should be: it races with the
-// real Manager too. Events and Plugin hand out deep copies made under the
-// lock. State changes are also serialised by a Backend mutex, and events
+// real Manager too. Events, Snapshot and Plugin hand out deep copies made
+// under the lock. State changes are also serialised by a Backend mutex, and events
 // are published while it is held, so subscribers see them in state order.
 // The lock order is Backend mutex, then plugin lock; the fake never calls
 // out to user code (other than CreateOpts on a plugin nobody else can see
