@@ -6,8 +6,9 @@
 //	b := plugintest.NewBackend()
 //	b.AddRemote("vieux/sshfs", plugintest.Remote{Env: []string{"DEBUG=0"}})
 //	task := plugintest.NewTask("task-1", "svc-1", runtime.PluginSpec{Remote: "vieux/sshfs"})
+//	task.DesiredState = api.TaskStateRunning // NewTask leaves it NEW
 //	c, _ := plugin.NewController(b, task)
-//	// ... c.Prepare(ctx), c.Start(ctx) ...
+//	err := plugintest.Drive(ctx, task, c, api.TaskStateRunning) // exec.Do, step by step
 //	s, _ := b.Snapshot("vieux/sshfs") // s.Enabled, s.Refs, s.SwarmServiceID, ...
 //
 // A Backend implements the controller's Backend interface (Pull, Upgrade,
@@ -18,6 +19,10 @@
 // the plugin's API object, its owning service and its reference count;
 // Plugin without the owner); NewTask builds a plugin task the way the
 // daemon encodes it. Every method is safe for concurrent use.
+//
+// Drive takes a task through swarmkit's exec.Do the way the agent does,
+// step by step, assigning each status back to the task; ExampleDrive shows
+// a whole life: started, its Wait cancelled, shut down, removed.
 //
 // # What it mirrors
 //
