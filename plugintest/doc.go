@@ -24,6 +24,27 @@
 // step by step, assigning each status back to the task; ExampleDrive shows
 // a whole life: started, its Wait cancelled, shut down, removed.
 //
+// # Quiet logs
+//
+// A Controller logs at info level when it pulls, enables and removes a
+// plugin, through the logger of each call's context, which in a test is
+// logrus' standard logger (stderr): those lines show under go test -v.
+// Give the controller a logger of the test's own with plugin.WithLogger
+// (through an Executor: executor.WithControllerOptions(plugin.WithLogger(
+// ...))). logrus' hooks/test package makes one that writes nowhere and
+// keeps every entry, so a test can silence the lines and still check them
+// (the quietLogs example runs this):
+//
+//	logger, hook := logrustest.NewNullLogger() // github.com/sirupsen/logrus/hooks/test
+//	c, err := plugin.New(b, task, plugin.WithLogger(logrus.NewEntry(logger)))
+//	// ... drive the task ...
+//	hook.AllEntries() // "plugin pulled", "plugin enabled", with their fields
+//
+// To only silence them, the logger can be any *logrus.Logger whose output
+// is io.Discard; logger.SetLevel(logrus.DebugLevel) keeps the debug lines
+// of every step too. WithLogger covers the controller's lines only: exec.Do
+// logs through swarmkit's log.G(ctx) (a fatal step, say).
+//
 // # What it mirrors
 //
 // The rules a caller can observe, read from moby's plugin/backend_linux.go,

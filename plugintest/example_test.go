@@ -9,6 +9,9 @@ import (
 	"github.com/docker/docker/api/types/swarm/runtime"
 	"github.com/moby/swarmkit/v2/agent/exec"
 	"github.com/moby/swarmkit/v2/api"
+	"github.com/sirupsen/logrus"
+	logrustest "github.com/sirupsen/logrus/hooks/test"
+
 	plugin "github.com/seed-e85c93d5/plugin"
 	"github.com/seed-e85c93d5/plugin/plugintest"
 )
@@ -96,4 +99,31 @@ func ExampleDrive() {
 	// RUNNING retry: true
 	// SHUTDOWN subscribers: 0
 	// removed: true
+}
+
+// A controller logs "plugin pulled", "plugin enabled" and "plugin removed"
+// at info level, through logrus' standard logger unless told otherwise, so
+// they show under go test -v. plugin.WithLogger gives it a logger of the
+// test's own: here one that writes nowhere and keeps every entry for the
+// test to check.
+func Example_quietLogs() {
+	logger, hook := logrustest.NewNullLogger()
+	b := plugintest.NewBackend()
+	task := plugintest.NewTask("task-1", "svc-1", runtime.PluginSpec{Name: "vol", Remote: "example/vol:1.0"})
+	task.DesiredState = api.TaskStateRunning
+	ctrl, err := plugin.New(b, task, plugin.WithLogger(logrus.NewEntry(logger)))
+	if err != nil {
+		panic(err)
+	}
+	defer ctrl.Close()
+	if err := plugintest.Drive(context.Background(), task, ctrl, api.TaskStateRunning); err != nil {
+		panic(err)
+	}
+
+	for _, e := range hook.AllEntries() {
+		fmt.Println(e.Level, e.Message, e.Data["task"], e.Data["plugin"])
+	}
+	// Output:
+	// info plugin pulled task-1 vol
+	// info plugin enabled task-1 vol
 }
