@@ -293,7 +293,7 @@ func (d *demo) run(ctx context.Context, workers int, backendName string) (retErr
 						return false, ""
 					}
 				}
-				return true, fmt.Sprintf("plugin removed from %d of %s", len(s.views), count(len(s.views), "node"))
+				return true, fmt.Sprintf("plugin removed from %d/%s", len(s.views), count(len(s.views), "node"))
 			},
 		},
 	}
@@ -391,7 +391,7 @@ func (d *demo) converged(s snapshot, spec runtime.PluginSpec) (bool, string) {
 	if spec.Disabled {
 		state = "disabled"
 	}
-	return true, fmt.Sprintf("new task RUNNING on %d of %s; plugin %s, %s everywhere", len(s.views), count(len(s.views), "node"), state, strings.Join(spec.Env, " "))
+	return true, fmt.Sprintf("new task RUNNING on %d/%s; plugin %s, %s everywhere", len(s.views), count(len(s.views), "node"), state, strings.Join(spec.Env, " "))
 }
 
 // pluginView is one node's plugin, as its backend shows it.

@@ -35,11 +35,11 @@ func TestDemo(t *testing.T) {
 	for _, want := range []string{
 		"Starting an in-process swarm: 1 manager + 1 worker, plugin backend \"fake\" ...\n",
 		": 2 nodes.\n",
-		"new task RUNNING on 2 of 2 nodes; plugin enabled, DEBUG=1 everywhere\n",
+		"new task RUNNING on 2/2 nodes; plugin enabled, DEBUG=1 everywhere\n",
 		"plugin enabled, DEBUG=1 everywhere",
 		"plugin enabled, DEBUG=2 everywhere",
 		"plugin disabled, DEBUG=2 everywhere",
-		"plugin removed from 2 of 2 nodes",
+		"plugin removed from 2/2 nodes",
 		"== Summary",
 		"Final state: plugin vol removed from every node.",
 		"Swarm stopped in",
@@ -65,8 +65,8 @@ func TestDemoOneNode(t *testing.T) {
 	for _, want := range []string{
 		"Starting an in-process swarm: 1 manager + 0 workers, plugin backend \"fake\" ...\n",
 		": 1 node.\n",
-		"new task RUNNING on 1 of 1 node; plugin disabled, DEBUG=2 everywhere\n",
-		"plugin removed from 1 of 1 node\n",
+		"new task RUNNING on 1/1 node; plugin disabled, DEBUG=2 everywhere\n",
+		"plugin removed from 1/1 node\n",
 	} {
 		assert.Check(t, is.Contains(out, want))
 	}
