@@ -13,8 +13,9 @@
 // missing. -v shows swarmkit's logs on stderr.
 //
 // Exit status: 0 when every step reached its expected state, 1 on failure,
-// 2 on bad usage, 130 when interrupted (SIGINT or SIGTERM; the swarm is
-// stopped cleanly first, and a second signal kills the demo at once).
+// 2 on bad usage (a line saying what is wrong, then the usage), 130 when
+// interrupted (SIGINT or SIGTERM; the swarm is stopped cleanly first, and a
+// second signal kills the demo at once).
 package main
 
 import (
@@ -66,22 +67,32 @@ const (
 // run is the demo; it returns the exit status.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	workers := fs.Int("workers", 2, "`number` of worker nodes besides the manager")
 	backendName := fs.String("backend", "fake", "plugin backend of every node: fake (in-memory, runs anywhere) or moby (moby's real plugin.Manager; needs root)")
 	verbose := fs.Bool("v", false, "show swarmkit's logs on stderr")
-	fs.Usage = func() {
+	// Parse reports nothing itself: run says what is wrong, then the usage.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	usage := func() {
 		fmt.Fprintln(stderr, "usage: demo [-workers N] [-backend fake|moby] [-v]")
+		fs.SetOutput(stderr)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	var problems []string
+	switch err := fs.Parse(args); {
+	case errors.Is(err, flag.ErrHelp):
+		usage()
+		return 0
+	case err != nil:
+		problems = []string{err.Error()}
+	default:
+		problems = badUsage(*workers, *backendName, fs.Args())
 	}
-	if fs.NArg() > 0 || *workers < 0 || (*backendName != "fake" && *backendName != "moby") {
-		fs.Usage()
+	if len(problems) > 0 {
+		for _, p := range problems {
+			fmt.Fprintf(stderr, "demo: %s\n", p)
+		}
+		usage()
 		return 2
 	}
 	if !*verbose {
@@ -100,6 +111,39 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "demo: %v\n", err)
 		return 1
 	}
+}
+
+// badUsage returns what is wrong with the parsed flags and arguments, one
+// sentence each; none when they are usable.
+func badUsage(workers int, backendName string, args []string) []string {
+	var problems []string
+	if workers < 0 {
+		problems = append(problems, fmt.Sprintf("-workers must be 0 or more, got %d", workers))
+	}
+	if backendName != "fake" && backendName != "moby" {
+		problems = append(problems, fmt.Sprintf("-backend must be fake or moby, got %q", backendName))
+	}
+	switch len(args) {
+	case 0:
+	case 1:
+		problems = append(problems, fmt.Sprintf("unexpected argument %q: the demo takes flags only", args[0]))
+	default:
+		quoted := make([]string, len(args))
+		for i, a := range args {
+			quoted[i] = fmt.Sprintf("%q", a)
+		}
+		problems = append(problems, fmt.Sprintf("unexpected arguments %s: the demo takes flags only", strings.Join(quoted, " ")))
+	}
+	return problems
+}
+
+// count returns n and noun, in the plural unless n is 1: "1 node",
+// "2 nodes", "0 workers".
+func count(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 // kit is a kind of plugin backend: where the plugin comes from and how each
@@ -157,7 +201,7 @@ func (d *demo) run(ctx context.Context, workers int, backendName string) (retErr
 	d.remote = k.remote
 
 	total := time.Now()
-	fmt.Fprintf(d.out, "Starting an in-process swarm: 1 manager + %d worker(s), plugin backend %q ...\n", workers, k.name)
+	fmt.Fprintf(d.out, "Starting an in-process swarm: 1 manager + %s, plugin backend %q ...\n", count(workers, "worker"), k.name)
 	startCtx, cancel := context.WithTimeout(ctx, stepTimeout)
 	d.c, err = swarmtest.Start(startCtx, swarmtest.Options{
 		Workers:    workers,
@@ -172,7 +216,7 @@ func (d *demo) run(ctx context.Context, workers int, backendName string) (retErr
 		}
 		return fmt.Errorf("starting the swarm: %w", err)
 	}
-	fmt.Fprintf(d.out, "Swarm ready in %s: %d nodes.\n", since(total), len(d.c.Nodes()))
+	fmt.Fprintf(d.out, "Swarm ready in %s: %s.\n", since(total), count(len(d.c.Nodes()), "node"))
 	defer func() {
 		if ctx.Err() != nil {
 			fmt.Fprintln(d.out, "\nInterrupted: stopping the swarm ...")
@@ -249,7 +293,7 @@ func (d *demo) run(ctx context.Context, workers int, backendName string) (retErr
 						return false, ""
 					}
 				}
-				return true, fmt.Sprintf("plugin removed from %d/%d nodes", len(s.views), len(s.views))
+				return true, fmt.Sprintf("plugin removed from %d/%s", len(s.views), count(len(s.views), "node"))
 			},
 		},
 	}
@@ -347,7 +391,7 @@ func (d *demo) converged(s snapshot, spec runtime.PluginSpec) (bool, string) {
 	if spec.Disabled {
 		state = "disabled"
 	}
-	return true, fmt.Sprintf("new task RUNNING on %d/%d nodes; plugin %s, %s everywhere", len(s.views), len(s.views), state, strings.Join(spec.Env, " "))
+	return true, fmt.Sprintf("new task RUNNING on %d/%s; plugin %s, %s everywhere", len(s.views), count(len(s.views), "node"), state, strings.Join(spec.Env, " "))
 }
 
 // pluginView is one node's plugin, as its backend shows it.

@@ -33,7 +33,9 @@ func TestDemo(t *testing.T) {
 	assert.Equal(t, code, 0, stderr.String())
 	assert.Check(t, is.Equal(stderr.String(), ""))
 	for _, want := range []string{
-		"1 manager + 1 worker(s)",
+		"Starting an in-process swarm: 1 manager + 1 worker, plugin backend \"fake\" ...\n",
+		": 2 nodes.\n",
+		"new task RUNNING on 2/2 nodes; plugin enabled, DEBUG=1 everywhere\n",
 		"plugin enabled, DEBUG=1 everywhere",
 		"plugin enabled, DEBUG=2 everywhere",
 		"plugin disabled, DEBUG=2 everywhere",
@@ -49,6 +51,26 @@ func TestDemo(t *testing.T) {
 		assert.Check(t, hasRow(out, node, "RUNNING  RUNNING", "enabled"), node)
 		assert.Check(t, hasRow(out, node, "absent"), node)
 	}
+}
+
+// TestDemoOneNode runs the demo on a swarm of one: every count says
+// "1 node", never "1 nodes".
+func TestDemoOneNode(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	code := run(ctx, []string{"-workers=0"}, &stdout, &stderr)
+	out := stdout.String()
+	assert.Equal(t, code, 0, stderr.String())
+	for _, want := range []string{
+		"Starting an in-process swarm: 1 manager + 0 workers, plugin backend \"fake\" ...\n",
+		": 1 node.\n",
+		"new task RUNNING on 1/1 node; plugin disabled, DEBUG=2 everywhere\n",
+		"plugin removed from 1/1 node\n",
+	} {
+		assert.Check(t, is.Contains(out, want))
+	}
+	assert.Check(t, !strings.Contains(out, "1 nodes"), out)
 }
 
 // hasRow reports whether a table row of node contains every part.
@@ -69,14 +91,52 @@ func hasRow(out, node string, parts ...string) bool {
 	return false
 }
 
+// TestUsage checks that bad usage says what is wrong, one line each, then
+// shows the usage and exits 2.
 func TestUsage(t *testing.T) {
-	for _, args := range [][]string{{"-backend=bogus"}, {"-workers=-1"}, {"-workers=x"}, {"extra"}} {
-		var stdout, stderr bytes.Buffer
-		code := run(context.Background(), args, &stdout, &stderr)
-		assert.Check(t, is.Equal(code, 2), "%v", args)
-		assert.Check(t, is.Contains(stderr.String(), "usage"), "%v", args)
-		assert.Check(t, is.Equal(stdout.String(), ""), "%v", args)
+	tests := []struct {
+		args []string
+		want string // the lines before the usage
+	}{
+		{[]string{"-workers", "-1"}, "demo: -workers must be 0 or more, got -1\n"},
+		{[]string{"-backend", "foo"}, "demo: -backend must be fake or moby, got \"foo\"\n"},
+		{[]string{"extra"}, "demo: unexpected argument \"extra\": the demo takes flags only\n"},
+		{[]string{"-v", "a", "-b"}, "demo: unexpected arguments \"a\" \"-b\": the demo takes flags only\n"},
+		{[]string{"-workers=-2", "-backend=", "x"}, "demo: -workers must be 0 or more, got -2\n" +
+			"demo: -backend must be fake or moby, got \"\"\n" +
+			"demo: unexpected argument \"x\": the demo takes flags only\n"},
+		{[]string{"-workers=x"}, "demo: invalid value \"x\" for flag -workers: parse error\n"},
+		{[]string{"-nope"}, "demo: flag provided but not defined: -nope\n"},
 	}
+	for _, tc := range tests {
+		var stdout, stderr bytes.Buffer
+		code := run(context.Background(), tc.args, &stdout, &stderr)
+		assert.Check(t, is.Equal(code, 2), "%v", tc.args)
+		assert.Check(t, is.Equal(stderr.String(), tc.want+usageText), "%v", tc.args)
+		assert.Check(t, is.Equal(stdout.String(), ""), "%v", tc.args)
+	}
+}
+
+const usageText = `usage: demo [-workers N] [-backend fake|moby] [-v]
+  -backend string
+    	plugin backend of every node: fake (in-memory, runs anywhere) or moby (moby's real plugin.Manager; needs root) (default "fake")
+  -v	show swarmkit's logs on stderr
+  -workers number
+    	number of worker nodes besides the manager (default 2)
+`
+
+func TestHelp(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), []string{"-h"}, &stdout, &stderr)
+	assert.Check(t, is.Equal(code, 0))
+	assert.Check(t, is.Equal(stderr.String(), usageText))
+	assert.Check(t, is.Equal(stdout.String(), ""))
+}
+
+func TestCount(t *testing.T) {
+	assert.Check(t, is.Equal(count(0, "worker"), "0 workers"))
+	assert.Check(t, is.Equal(count(1, "node"), "1 node"))
+	assert.Check(t, is.Equal(count(2, "node"), "2 nodes"))
 }
 
 // TestInterrupted cancels the demo's context, as SIGINT does, once the swarm
