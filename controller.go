@@ -21,10 +21,10 @@ import (
 	"github.com/docker/docker/api/types/swarm/runtime"
 	"github.com/docker/docker/plugin"
 	v2 "github.com/docker/docker/plugin/v2"
-	"github.com/gogo/protobuf/proto"
 	"github.com/moby/swarmkit/v2/agent/exec"
 	"github.com/moby/swarmkit/v2/api"
 	swarmlog "github.com/moby/swarmkit/v2/log"
+	"github.com/seed-e85c93d5/plugin/internal/pluginspec"
 )
 
 // RuntimeKind is the Kind of the generic runtime spec that carries a
@@ -185,13 +185,14 @@ func readSpec(t *api.Task) (*decodedSpec, error) {
 	if generic.Payload == nil {
 		return nil, withDetail(ErrInvalidSpec, fmt.Sprintf("task %s: generic runtime has no payload", t.ID), nil)
 	}
-	if d := specs.get(generic.Payload.Value); d != nil {
+	if d, ok := specs.Get(generic.Payload.Value); ok {
 		return d, nil
 	}
-	var spec runtime.PluginSpec
-	if err := proto.Unmarshal(generic.Payload.Value, &spec); err != nil {
+	decoded, err := pluginspec.Decode(generic.Payload.Value)
+	if err != nil {
 		return nil, withDetail(ErrInvalidSpec, "error reading plugin spec", err)
 	}
+	spec := *decoded
 	remote, err := reference.ParseNormalizedNamed(spec.Remote)
 	if err != nil {
 		return nil, withDetail(ErrInvalidSpec, fmt.Sprintf("error parsing remote reference %q", spec.Remote), err)
@@ -202,7 +203,7 @@ func readSpec(t *api.Task) (*decodedSpec, error) {
 	// A bad Name is left to the Backend, which refuses it (invalid
 	// argument) at Pull, as upstream.
 	d := &decodedSpec{spec: spec, remote: remote, familiar: reference.FamiliarString(remote)}
-	specs.put(generic.Payload.Value, d)
+	specs.Put(generic.Payload.Value, d)
 	return d, nil
 }
 
@@ -210,7 +211,7 @@ func readSpec(t *api.Task) (*decodedSpec, error) {
 // restart, per node, per rollback) carries the same payload, so it is
 // decoded and parsed once. Entries are never modified after they are
 // stored; the Controller only reads its spec.
-var specs = specCache{m: make(map[string]*decodedSpec)}
+var specs pluginspec.Cache[*decodedSpec]
 
 type decodedSpec struct {
 	spec   runtime.PluginSpec
@@ -218,29 +219,6 @@ type decodedSpec struct {
 	// familiar is remote as users write it ("vieux/sshfs:latest"), for
 	// log lines and errors.
 	familiar string
-}
-
-type specCache struct {
-	mu sync.RWMutex
-	m  map[string]*decodedSpec
-}
-
-// maxCachedSpecs bounds the cache; when full it starts over.
-const maxCachedSpecs = 256
-
-func (c *specCache) get(payload []byte) *decodedSpec {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return c.m[string(payload)]
-}
-
-func (c *specCache) put(payload []byte, d *decodedSpec) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.m) >= maxCachedSpecs {
-		clear(c.m)
-	}
-	c.m[string(payload)] = d
 }
 
 func runtimeName(r any) string {

@@ -24,7 +24,6 @@ import (
 	dockererrdefs "github.com/docker/docker/errdefs"
 	mobyplugin "github.com/docker/docker/plugin"
 	v2 "github.com/docker/docker/plugin/v2"
-	"github.com/gogo/protobuf/proto"
 	gogotypes "github.com/gogo/protobuf/types"
 	"github.com/moby/swarmkit/v2/agent/exec"
 	"github.com/moby/swarmkit/v2/api"
@@ -35,6 +34,7 @@ import (
 	is "gotest.tools/v3/assert/cmp"
 
 	plugin "github.com/seed-e85c93d5/plugin"
+	"github.com/seed-e85c93d5/plugin/internal/pluginspec"
 	"github.com/seed-e85c93d5/plugin/plugintest"
 )
 
@@ -511,8 +511,7 @@ func FuzzNewController(f *testing.F) {
 		spec(remote, false),
 		{Remote: "vol@sha256:" + strings.Repeat("a", 64), Env: []string{"A=B"}, Privileges: []*runtime.PluginPrivilege{{Name: "network", Value: []string{"host"}}}},
 	} {
-		b, _ := proto.Marshal(&s)
-		f.Add(b)
+		f.Add(pluginspec.Encode(&s))
 	}
 	f.Add([]byte{0x0a, 0xff})
 	f.Fuzz(func(t *testing.T, payload []byte) {

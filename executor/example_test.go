@@ -9,18 +9,14 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/docker/docker/api/types/swarm"
 	"github.com/docker/docker/api/types/swarm/runtime"
 	dockerplugin "github.com/docker/docker/plugin"
-	"github.com/gogo/protobuf/proto"
-	gogotypes "github.com/gogo/protobuf/types"
 	"github.com/moby/swarmkit/v2/api"
 	"github.com/moby/swarmkit/v2/node"
 	"github.com/sirupsen/logrus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
-	"github.com/seed-e85c93d5/plugin"
 	"github.com/seed-e85c93d5/plugin/executor"
 	"github.com/seed-e85c93d5/plugin/plugintest"
 )
@@ -66,18 +62,11 @@ func Example() {
 	control := api.NewControlClient(conn)
 
 	// A plugin service: global, with the generic "plugin" runtime whose
-	// payload is the marshalled runtime.PluginSpec.
-	payload, err := proto.Marshal(&runtime.PluginSpec{Name: "vol", Remote: "example.com/vol:1"})
-	if err != nil {
-		panic(err)
-	}
+	// payload is the encoded runtime.PluginSpec (plugintest.Runtime).
 	_, err = control.CreateService(ctx, &api.CreateServiceRequest{Spec: &api.ServiceSpec{
 		Annotations: api.Annotations{Name: "vol"},
 		Mode:        &api.ServiceSpec_Global{Global: &api.GlobalService{}},
-		Task: api.TaskSpec{Runtime: &api.TaskSpec_Generic{Generic: &api.GenericRuntimeSpec{
-			Kind:    plugin.RuntimeKind,
-			Payload: &gogotypes.Any{TypeUrl: string(swarm.RuntimeURLPlugin), Value: payload},
-		}}},
+		Task:        api.TaskSpec{Runtime: plugintest.Runtime(runtime.PluginSpec{Name: "vol", Remote: "example.com/vol:1"})},
 	}})
 	if err != nil {
 		panic(err)

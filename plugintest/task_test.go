@@ -3,9 +3,11 @@ package plugintest
 import (
 	"testing"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/swarm/runtime"
-	"github.com/gogo/protobuf/proto"
+	"github.com/moby/swarmkit/v2/api"
 	"gotest.tools/v3/assert"
+	is "gotest.tools/v3/assert/cmp"
 )
 
 // NewTask encodes the spec as the daemon does: kind "plugin", payload typed
@@ -19,7 +21,17 @@ func TestNewTask(t *testing.T) {
 	assert.Assert(t, g != nil)
 	assert.Equal(t, g.Kind, "plugin")
 	assert.Equal(t, g.Payload.TypeUrl, "types.docker.com/RuntimePlugin")
-	var got runtime.PluginSpec
-	assert.NilError(t, proto.Unmarshal(g.Payload.Value, &got))
+	got, err := DecodeSpec(tk)
+	assert.NilError(t, err)
 	assert.DeepEqual(t, got, want)
+}
+
+func TestDecodeSpecRefusesOtherTasks(t *testing.T) {
+	_, err := DecodeSpec(&api.Task{ID: "t"})
+	assert.Check(t, cerrdefs.IsInvalidArgument(err), "%v", err)
+	tk := NewTask("t", "s", runtime.PluginSpec{})
+	tk.Spec.GetGeneric().Payload.Value = []byte{0x0a, 0x05}
+	_, err = DecodeSpec(tk)
+	assert.Check(t, cerrdefs.IsInvalidArgument(err), "%v", err)
+	assert.Check(t, is.ErrorContains(err, "task t"))
 }

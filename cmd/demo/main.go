@@ -25,6 +25,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"reflect"
 	"slices"
 	"strings"
 	"syscall"
@@ -34,7 +35,6 @@ import (
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types"
 	"github.com/docker/docker/api/types/swarm/runtime"
-	"github.com/gogo/protobuf/proto"
 	"github.com/moby/swarmkit/v2/api"
 	"github.com/sirupsen/logrus"
 
@@ -328,7 +328,7 @@ func (d *demo) wake() {
 func (d *demo) converged(s snapshot, spec runtime.PluginSpec) (bool, string) {
 	running := swarmtest.RunningOn(d.c.NodeIDs(), func(t *api.Task) bool {
 		got, err := swarmtest.PluginSpecOf(t)
-		return err == nil && proto.Equal(&got, &spec)
+		return err == nil && reflect.DeepEqual(got, spec)
 	})
 	if !running(s.tasks) {
 		return false, ""

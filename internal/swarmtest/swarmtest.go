@@ -31,14 +31,12 @@ import (
 	"time"
 
 	clog "github.com/containerd/log"
-	"github.com/docker/docker/api/types/swarm"
 	"github.com/docker/docker/api/types/swarm/runtime"
-	"github.com/gogo/protobuf/proto"
-	gogotypes "github.com/gogo/protobuf/types"
 	"github.com/moby/swarmkit/v2/api"
 	swarmlog "github.com/moby/swarmkit/v2/log"
 	"github.com/moby/swarmkit/v2/manager/allocator/networkallocator"
 	"github.com/moby/swarmkit/v2/node"
+	"github.com/seed-e85c93d5/plugin/plugintest"
 	"github.com/sirupsen/logrus"
 	"google.golang.org/grpc"
 
@@ -352,49 +350,24 @@ func (c *Cluster) Control() api.ControlClient { return c.control }
 // daemon builds it (daemon/cluster/convert/service.go): global mode, and a
 // generic runtime of kind "plugin" whose payload is the marshalled spec.
 // Updates apply to every node at once (UpdateConfig.Parallelism 0).
-func PluginServiceSpec(name string, spec runtime.PluginSpec) (*api.ServiceSpec, error) {
-	rt, err := pluginRuntime(spec)
-	if err != nil {
-		return nil, err
-	}
+func PluginServiceSpec(name string, spec runtime.PluginSpec) *api.ServiceSpec {
 	return &api.ServiceSpec{
 		Annotations: api.Annotations{Name: name},
-		Task:        api.TaskSpec{Runtime: rt},
+		Task:        api.TaskSpec{Runtime: plugintest.Runtime(spec)},
 		Mode:        &api.ServiceSpec_Global{Global: &api.GlobalService{}},
 		Update:      &api.UpdateConfig{Parallelism: 0},
-	}, nil
-}
-
-func pluginRuntime(spec runtime.PluginSpec) (*api.TaskSpec_Generic, error) {
-	payload, err := proto.Marshal(&spec)
-	if err != nil {
-		return nil, fmt.Errorf("swarmtest: marshal plugin spec: %w", err)
 	}
-	return &api.TaskSpec_Generic{Generic: &api.GenericRuntimeSpec{
-		Kind:    "plugin",
-		Payload: &gogotypes.Any{TypeUrl: string(swarm.RuntimeURLPlugin), Value: payload},
-	}}, nil
 }
 
 // PluginSpecOf decodes the plugin spec of a plugin task.
 func PluginSpecOf(t *api.Task) (runtime.PluginSpec, error) {
-	var spec runtime.PluginSpec
-	g := t.Spec.GetGeneric()
-	if g == nil || g.Payload == nil {
-		return spec, fmt.Errorf("task %s is not a plugin task", t.ID)
-	}
-	err := proto.Unmarshal(g.Payload.Value, &spec)
-	return spec, err
+	return plugintest.DecodeSpec(t)
 }
 
 // CreatePluginService creates a global plugin service named name running
 // spec, and returns its ID.
 func (c *Cluster) CreatePluginService(ctx context.Context, name string, spec runtime.PluginSpec) (string, error) {
-	ss, err := PluginServiceSpec(name, spec)
-	if err != nil {
-		return "", err
-	}
-	resp, err := c.control.CreateService(ctx, &api.CreateServiceRequest{Spec: ss})
+	resp, err := c.control.CreateService(ctx, &api.CreateServiceRequest{Spec: PluginServiceSpec(name, spec)})
 	if err != nil {
 		return "", fmt.Errorf("swarmtest: create service %s: %w", name, err)
 	}
@@ -404,10 +377,7 @@ func (c *Cluster) CreatePluginService(ctx context.Context, name string, spec run
 // UpdateService replaces the plugin spec of the plugin service serviceID.
 // It retries while the service's version moves under it.
 func (c *Cluster) UpdateService(ctx context.Context, serviceID string, spec runtime.PluginSpec) error {
-	rt, err := pluginRuntime(spec)
-	if err != nil {
-		return err
-	}
+	rt := plugintest.Runtime(spec)
 	return c.UpdateServiceSpec(ctx, serviceID, func(s *api.ServiceSpec) { s.Task.Runtime = rt })
 }
 
