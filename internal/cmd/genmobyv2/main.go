@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"go/build/constraint"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -89,6 +90,9 @@ func plan(root string) (generated, error) {
 		case inTestdata(rel):
 			g[rel] = src
 		case strings.HasSuffix(rel, ".go"):
+			if excludedByTag(src, skipTag) {
+				return nil
+			}
 			out, err := translate(rel, src)
 			if err != nil {
 				return err
@@ -98,6 +102,29 @@ func plan(root string) (generated, error) {
 		return nil
 	})
 	return g, err
+}
+
+// excludedByTag reports whether setting tag leaves the Go source src out of
+// the build: its //go:build constraint holds with every tag set except tag,
+// and fails with every tag set.
+func excludedByTag(src []byte, tag string) bool {
+	for _, line := range strings.Split(string(src), "\n") {
+		line = strings.TrimSpace(line)
+		if strings.HasPrefix(line, "package ") {
+			return false
+		}
+		if !constraint.IsGoBuild(line) {
+			continue
+		}
+		expr, err := constraint.Parse(line)
+		if err != nil {
+			return false
+		}
+		with := expr.Eval(func(string) bool { return true })
+		without := expr.Eval(func(t string) bool { return t != tag })
+		return without && !with
+	}
+	return false
 }
 
 // inTestdata reports whether the slash-separated path rel lies in a testdata

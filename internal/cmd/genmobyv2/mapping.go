@@ -30,6 +30,12 @@ var skipDirs = []string{
 // are not translated because they test something only docker/docker v28 has.
 var skipFiles = []string{}
 
+// skipTag is the build tag of the v28 compatibility job: files that are
+// built only without it (//go:build !noprotogen) cross-check against the
+// gogo-generated methods of docker v28.0–v28.3's runtime.PluginSpec, which
+// moby v2 keeps internal, and are not translated.
+const skipTag = "noprotogen"
+
 // movedPackages maps a docker/docker package to the moby v2 package that has
 // the same names for everything this repository uses.
 var movedPackages = map[string]string{
@@ -108,12 +114,13 @@ var packageNames = map[string]string{
 	targetModule:                                   "plugin",
 }
 
-// proseReplacements rewrite comments (and only comments) where they name the
-// daemon generation, after import paths and qualified names were rewritten.
+// proseReplacements rewrite comments (and only comments) that name the
+// daemon release a file is written for, after import paths and qualified
+// names were rewritten. Comments about docker v28 history (the payload
+// codec's cross-checks, for instance) stay as they are.
 var proseReplacements = []struct{ old, new string }{
+	{"(moby v28.3.0)", "(moby v2.0.0-beta.24)"},
 	{"github.com/moby/moby/v2 v28.3.0", "github.com/moby/moby/v2 v2.0.0-beta.24"},
-	{"github.com/docker/docker v28.3.0", "github.com/moby/moby/v2 v2.0.0-beta.24"},
-	{"moby v28.3.0", "moby v2.0.0-beta.24"},
-	{"docker v28.3.0", "moby v2.0.0-beta.24"},
-	{", v28.3.0)", ", v2.0.0-beta.24)"},
+	{"(github.com/moby/moby/v2/daemon/pkg/plugin, v28.3.0)", "(github.com/moby/moby/v2/daemon/pkg/plugin, v2.0.0-beta.24)"},
+	{"(plugin/errors.go in v28.3.0)", "(daemon/pkg/plugin/errors.go in v2.0.0-beta.24)"},
 }
