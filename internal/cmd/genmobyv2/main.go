@@ -79,7 +79,15 @@ func plan(root string) (generated, error) {
 			}
 			return nil
 		}
-		if !d.Type().IsRegular() || slices.Contains(skipFiles, rel) {
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		if slices.Contains(handWritten, rel) {
+			if p := filepath.Join(root, targetDir, filepath.FromSlash(rel)); isGenerated(p) {
+				return fmt.Errorf("%s: must be written by hand for moby v2, is generated", p)
+			} else if _, err := os.Stat(p); err != nil {
+				return fmt.Errorf("%s is not translated (handWritten): %w", rel, err)
+			}
 			return nil
 		}
 		src, err := os.ReadFile(p)

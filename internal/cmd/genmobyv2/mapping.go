@@ -26,9 +26,17 @@ var skipDirs = []string{
 	targetDir,
 }
 
-// skipFiles are single source files, relative to the repository root, that
-// are not translated because they test something only docker/docker v28 has.
-var skipFiles = []string{}
+// handWritten are the source files, relative to the repository root, whose
+// behaviour differs between the daemon generations, so that they are not
+// translated: the file of the same path under mobyv2/ is written by hand
+// (and listed in mobyv2/README.md). The generator checks that it exists and
+// is not generated.
+var handWritten = []string{
+	// moby v2 rewrote the Manager's validatePrivileges: every index is
+	// compared, values sorted, nil equal to empty.
+	"plugintest/privileges.go",
+	"plugintest/privileges_test.go",
+}
 
 // skipTag is the build tag of the v28 compatibility job: files that are
 // built only without it (//go:build !noprotogen) cross-check against the
