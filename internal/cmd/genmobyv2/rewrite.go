@@ -99,10 +99,10 @@ func translate(relPath string, src []byte) ([]byte, error) {
 	}
 
 	// The file's imports. Only those of docker/docker and of this module
-	// are translated; the others are kept exactly as written.
-	var imports []*importSpec // translated
-	var kept []*newImport     // the others
-	byName := map[string]*importSpec{}
+	// are translated; the others stay exactly as written.
+	var translated []*importSpec
+	var untouched []*newImport
+	byName := map[string]*importSpec{} // translated, by local name
 	for _, s := range file.Imports {
 		p, err := strconv.Unquote(s.Path.Value)
 		if err != nil {
@@ -113,7 +113,7 @@ func translate(relPath string, src []byte) ([]byte, error) {
 			if s.Name != nil {
 				ni.name, ni.explicit = s.Name.Name, true
 			}
-			kept = append(kept, ni)
+			untouched = append(untouched, ni)
 			continue
 		}
 		is := &importSpec{path: p, name: packageName(p)}
@@ -125,7 +125,7 @@ func translate(relPath string, src []byte) ([]byte, error) {
 				return nil, fmt.Errorf("%s: %s import of %q has no moby v2 translation", relPath, is.name, p)
 			}
 		}
-		imports = append(imports, is)
+		translated = append(translated, is)
 		byName[is.name] = is
 	}
 
@@ -157,15 +157,16 @@ func translate(relPath string, src []byte) ([]byte, error) {
 	})
 	taken[file.Name.Name] = true
 
-	// The imports of the translated file. Kept imports keep their local
-	// names, which no other identifier can have; they are registered first
-	// and join the file only if a qualified identifier still uses them, so
-	// an import whose every name moved elsewhere disappears. Blank and dot
-	// imports are always kept.
-	out := kept
+	// The imports of the translated file: the untouched ones, then the
+	// translations of the others. A translated package keeps its local
+	// name, which no other identifier can have; it is registered first and
+	// joins the file only if a qualified identifier still uses it, so an
+	// import whose every name moved elsewhere disappears. Blank and dot
+	// imports always stay.
+	out := untouched
 	byPath := map[string]*newImport{}
 	used := map[string]bool{} // local names in out or byPath
-	for _, ni := range kept {
+	for _, ni := range untouched {
 		used[ni.name] = true
 	}
 	add := func(ni *newImport) {
@@ -176,7 +177,7 @@ func translate(relPath string, src []byte) ([]byte, error) {
 		}
 		out = append(out, ni)
 	}
-	for _, is := range imports {
+	for _, is := range translated {
 		np, ok := translatePath(is.path)
 		if is.name == "_" || is.name == "." {
 			add(&newImport{name: is.name, path: np, explicit: true})
@@ -233,12 +234,7 @@ func translate(relPath string, src []byte) ([]byte, error) {
 	// Rebuild the import declarations: std, then third-party, then this
 	// module, each group sorted by path.
 	var groups [3][]*newImport
-	seen := map[*newImport]bool{}
 	for _, ni := range out {
-		if seen[ni] {
-			continue
-		}
-		seen[ni] = true
 		g := 1
 		switch {
 		case !strings.Contains(strings.SplitN(ni.path, "/", 2)[0], "."):
