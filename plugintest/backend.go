@@ -2,10 +2,13 @@ package plugintest
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -14,7 +17,6 @@ import (
 	"github.com/docker/docker/api/types/backend"
 	"github.com/docker/docker/api/types/registry"
 	"github.com/docker/docker/errdefs"
-	"github.com/docker/docker/pkg/stringid"
 	"github.com/docker/docker/plugin"
 	v2 "github.com/docker/docker/plugin/v2"
 	"github.com/moby/pubsub"
@@ -171,7 +173,7 @@ func (b *Backend) Pull(ctx context.Context, ref reference.Named, name string, me
 	p := &v2.Plugin{
 		PluginObj: types.Plugin{
 			Name:   name,
-			ID:     stringid.GenerateRandomID(),
+			ID:     newPluginID(),
 			Config: r.config(),
 		},
 		Manifest: r.Digest,
@@ -412,4 +414,20 @@ func (b *Backend) Set(name string, args []string) (err error) {
 		return err
 	}
 	return p.Set(args) // takes the plugin's own lock
+}
+
+// newPluginID returns a new random plugin ID the way moby's Manager makes
+// one (pkg/stringid in docker/docker, internal in moby v2): 64 hex digits
+// whose 12-digit short form is not all numeric.
+func newPluginID() string {
+	b := make([]byte, 32)
+	for {
+		if _, err := rand.Read(b); err != nil {
+			panic("plugintest: reading random bytes: " + err.Error())
+		}
+		id := hex.EncodeToString(b)
+		if strings.Trim(id[:12], "0123456789") != "" {
+			return id
+		}
+	}
 }

@@ -298,11 +298,6 @@ func TestPrivileges(t *testing.T) {
 		granted[0].Value = []string{"bridge"} // "network" sorts after index 0
 		assert.Check(t, is.Error(pull(t, b, "priv", "p2", granted), "incorrect privileges"))
 	})
-	t.Run("index 0 is not compared, as in moby", func(t *testing.T) {
-		b := NewBackend()
-		b.AddRemote("one", Remote{Privileges: types.PluginPrivileges{{Name: "network", Value: []string{"host"}}}})
-		assert.NilError(t, pull(t, b, "one", "one", types.PluginPrivileges{{Name: "device", Value: []string{"/dev/sda"}}}))
-	})
 	t.Run("upgrade checks them", func(t *testing.T) {
 		b := NewBackend()
 		b.AddRemote("vol:v2", Remote{Privileges: required})

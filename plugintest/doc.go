@@ -66,10 +66,13 @@
 //     privileges, builds the plugin as moby's createPlugin does (random
 //     64-hex ID, InitEmptySettings, then every CreateOpt, then
 //     PluginReference = ref.String()) and publishes EventCreate.
-//   - Privileges are compared like moby's validatePrivileges: equal length,
-//     both sorted by name, then compared by name and value from index 1 on
-//     (moby's loop skips index 0, so a wrong single privilege passes). A
-//     mismatch fails with "incorrect privileges", unclassified, as in moby.
+//   - Privileges are compared like the Manager's validatePrivileges, quirks
+//     included: equal length, both sorted by name, then compared by name
+//     and value. docker v28's loop skips index 0 (so a wrong single
+//     privilege passes), compares values in the order given (except those
+//     of elements the sort swapped) and tells nil from empty; moby v2's
+//     compares every index, values sorted, nil equal to empty. A mismatch
+//     fails with "incorrect privileges", unclassified, as in moby.
 //   - Upgrade refuses an enabled plugin ("plugin must be disabled before
 //     upgrading", Conflict), keeps the ID, the reference count and the
 //     settings, replaces the config and PluginReference, publishes nothing.

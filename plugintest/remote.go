@@ -3,8 +3,6 @@ package plugintest
 import (
 	"errors"
 	"fmt"
-	"reflect"
-	"sort"
 	"strings"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -163,34 +161,15 @@ func (r Remote) config() types.PluginConfig {
 // moby's, it has no error class.
 var errIncorrectPrivileges = errors.New("incorrect privileges")
 
-// validatePrivileges compares the granted privileges with the required ones
-// exactly as moby's validatePrivileges/isEqual (plugin/manager.go) do:
-// the lengths must match, both lists are sorted by name (swapping sorts
-// the swapped elements' values), and then elements are compared by name and
-// value from index 1 on; moby's loop skips index 0. Unlike moby, it sorts
-// copies, not the caller's slices.
-func validatePrivileges(required, granted types.PluginPrivileges) error {
-	if len(required) != len(granted) {
-		return errIncorrectPrivileges
-	}
-	required, granted = copyPrivileges(required), copyPrivileges(granted)
-	sort.Sort(required)
-	sort.Sort(granted)
-	for i := 1; i < required.Len(); i++ {
-		if required[i].Name != granted[i].Name || !reflect.DeepEqual(required[i].Value, granted[i].Value) {
-			return errIncorrectPrivileges
-		}
-	}
-	return nil
-}
-
+// copyPrivileges returns a deep copy of in, so that the comparison can sort
+// without touching the caller's slices.
 func copyPrivileges(in types.PluginPrivileges) types.PluginPrivileges {
 	if in == nil {
 		return nil
 	}
 	out := make(types.PluginPrivileges, len(in))
 	for i, p := range in {
-		if p.Value != nil { // keep nil and empty apart: moby compares with reflect.DeepEqual
+		if p.Value != nil { // keep nil and empty apart: docker v28 compares with reflect.DeepEqual
 			p.Value = append(make([]string, 0, len(p.Value)), p.Value...)
 		}
 		out[i] = p

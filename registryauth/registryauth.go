@@ -196,6 +196,12 @@ func Static(host string, cfg registry.AuthConfig) Func {
 func FromEncoded(header string) (Func, error) {
 	cfg, err := registry.DecodeAuthConfig(header)
 	if err != nil {
+		if _, b64Err := base64.URLEncoding.DecodeString(header); b64Err != nil {
+			// Name the base64 error whichever decoder met it: moby v2's
+			// decoder replaces it with a message redactDecodeError cannot
+			// classify.
+			err = b64Err
+		}
 		return nil, fmt.Errorf("registryauth: invalid encoded registry auth: %w: %w", redactDecodeError(err), cerrdefs.ErrInvalidArgument)
 	}
 	switch {
