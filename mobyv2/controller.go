@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -57,18 +58,21 @@ type Controller struct {
 	taskID  string
 	service string
 	opts    options
-	lock    *sync.Mutex // the plugin's stripe of pluginLocks
+	lock    pluginLock // the plugin's stripe of pluginLocks
 
 	// opMu serialises the steps that change the plugin or the task's
 	// reference (Prepare, Start, Remove and Wait's binding), so a late
 	// Prepare cannot acquire after Remove released.
 	opMu sync.Mutex
 
-	mu       sync.Mutex // guards the fields below
-	pluginID string     // the plugin this task is bound to; "" until bound
-	removed  bool
-	closed   bool
-	closedCh chan struct{} // closed by Close; ends a Wait in flight
+	mu        sync.Mutex // guards the fields below
+	pluginID  string     // the plugin this task is bound to; "" until bound
+	bound     *v2.Plugin // the object the task's reference is held on; nil until bound
+	removing  bool       // Remove has begun: no step may bind or change the plugin
+	removed   bool       // Remove is done
+	closed    bool
+	closedCh  chan struct{} // closed by Close; ends a Wait in flight
+	envWarned bool          // the spec's unsettable env keys have been logged
 }
 
 // Option configures a Controller made by New.
@@ -147,8 +151,8 @@ func NewController(backend Backend, t *api.Task) (*Controller, error) {
 // New returns a new cluster plugin controller for task t, configured by
 // opts. See NewController for the errors.
 func New(backend Backend, t *api.Task, opts ...Option) (*Controller, error) {
-	if backend == nil {
-		return nil, withDetail(ErrInvalidSpec, "nil backend", nil)
+	if isNil(backend) {
+		return nil, errNilBackend
 	}
 	d, err := readSpec(t)
 	if err != nil {
@@ -161,7 +165,7 @@ func New(backend Backend, t *api.Task, opts ...Option) (*Controller, error) {
 		service:  t.ServiceID,
 		opts:     options{enableTimeout: DefaultEnableTimeout, progress: io.Discard},
 		closedCh: make(chan struct{}),
-		lock:     pluginLock(d.spec.Name),
+		lock:     lockFor(d.pluginKey),
 	}
 	for _, o := range opts {
 		if o != nil {
@@ -200,11 +204,11 @@ func readSpec(t *api.Task) (*decodedSpec, error) {
 		return nil, withDetail(ErrInvalidSpec, fmt.Sprintf("error parsing remote reference %q", spec.Remote), err)
 	}
 	if spec.Name == "" {
-		spec.Name = remote.String()
+		spec.Name = defaultName(remote)
 	}
 	// A bad Name is left to the Backend, which refuses it (invalid
 	// argument) at Pull, as upstream.
-	d := &decodedSpec{spec: spec, remote: remote, familiar: reference.FamiliarString(remote)}
+	d := &decodedSpec{spec: spec, remote: remote, familiar: reference.FamiliarString(remote), pluginKey: pluginKey(spec.Name)}
 	specs.Put(generic.Payload.Value, d)
 	return d, nil
 }
@@ -221,6 +225,39 @@ type decodedSpec struct {
 	// familiar is remote as users write it ("vieux/sshfs:latest"), for
 	// log lines and errors.
 	familiar string
+	// pluginKey is the name as the Manager stores it ("vol:latest" for
+	// "vol" and "docker.io/library/vol"): it picks the plugin's lock.
+	pluginKey string
+}
+
+// defaultName is the plugin name for a spec without one: the remote, as
+// upstream, except that a remote pinned by digest names the plugin by its
+// repository and tag alone ("example.com/vol:1" for
+// "example.com/vol:1@sha256:..."). The Manager stores a plugin under the
+// name it is pulled as but cannot look up a name with a digest
+// ("canonical references cannot be resolved"), so a digest in the name
+// would install a plugin that no later step could find.
+func defaultName(remote reference.Named) string {
+	if _, pinned := remote.(reference.Canonical); !pinned {
+		return remote.String()
+	}
+	name := reference.TrimNamed(remote)
+	if tagged, ok := remote.(reference.Tagged); ok {
+		if withTag, err := reference.WithTag(name, tagged.Tag()); err == nil {
+			return withTag.String()
+		}
+	}
+	return name.String()
+}
+
+// pluginKey returns name as the Manager stores it, or name itself if it is
+// not a valid reference.
+func pluginKey(name string) string {
+	ref, err := reference.ParseNormalizedNamed(name)
+	if err != nil {
+		return name
+	}
+	return reference.FamiliarString(reference.TagNameOnly(ref))
 }
 
 func runtimeName(r any) string {
@@ -248,8 +285,14 @@ func (p *Controller) log(ctx context.Context, level log.Level, msg string, extra
 		fields[k] = v
 	}
 	fields["controller"] = "plugin"
-	fields["task"] = p.taskID
-	fields["service"] = p.service
+	// swarmkit's agent logger already names the task and the service
+	// (task.id, service.id): say it once.
+	if _, ok := l.Data["task.id"]; !ok {
+		fields["task"] = p.taskID
+	}
+	if _, ok := l.Data["service.id"]; !ok {
+		fields["service"] = p.service
+	}
 	fields["plugin"] = p.d.spec.Name
 	if id := p.boundID(); id != "" {
 		fields["plugin.id"] = id
@@ -288,7 +331,7 @@ func (p *Controller) enter() error {
 	switch {
 	case p.closed:
 		return exec.ErrControllerClosed
-	case p.removed:
+	case p.removing || p.removed:
 		return ErrTaskRemoved
 	}
 	return nil
@@ -312,34 +355,47 @@ func (p *Controller) Update(ctx context.Context, t *api.Task) error {
 
 // Prepare is the prepare phase from swarmkit. It installs the plugin the
 // spec names, or brings this service's installed plugin to the spec's
-// remote, and takes the task's reference on it.
+// remote and env, and takes the task's reference on it.
 //
 //   - No plugin of that name: Pull it with the spec's privileges and env,
 //     owned by the task's service (plugin.WithSwarmService).
 //   - A plugin of that name owned by another service, or by nobody (a person
 //     installed it): fail with ErrPluginExists and leave it alone.
-//   - This service's plugin: take the reference, then (unless the remote is
-//     pinned by digest and already installed) disable it if enabled and
-//     Upgrade it; apply the spec's Env when the Backend is a Setter. If the
-//     upgrade fails, a plugin that was enabled is enabled again.
+//   - This service's plugin: take the reference, then Upgrade it to the
+//     remote (unless the remote is pinned by digest and already installed)
+//     and apply the env entries the plugin can take (see below). Both need
+//     the plugin disabled: Prepare force-disables it, and Start enables it
+//     again. When anything fails after the disable, a plugin that was
+//     enabled is enabled again before Prepare returns the error.
+//   - A spec that says Disabled while references other than this service's
+//     tasks hold the plugin (a volume that uses the driver, say): fail with
+//     the temporary ErrPluginInUse and change nothing, so that the plugin
+//     is not torn from its users on every retry. Start disables it once
+//     they let go.
+//
+// Env: only "KEY=VALUE" entries whose key the plugin's config declares with
+// a settable value are set, and only when the Backend implements Setter
+// (moby's Manager does), exactly the entries its Set accepts. Entries
+// without "=", undeclared keys and unsettable keys are skipped (each key
+// logged once at warn, never its value): the plugin stays in service with
+// the env it has, as upstream, which ignores Env on an installed plugin.
 //
 // Prepare may be called again after an error (swarmkit retries temporary
 // errors); the task still holds exactly one reference.
-func (p *Controller) Prepare(ctx context.Context) error {
-	p.opMu.Lock()
-	defer p.opMu.Unlock()
-	if err := p.enter(); err != nil {
+func (p *Controller) Prepare(ctx context.Context) (err error) {
+	defer func() { err = stepError(ctx, err) }()
+	unlock, err := p.begin(ctx)
+	if err != nil {
 		return err
 	}
-	p.lock.Lock()
-	defer p.lock.Unlock()
+	defer unlock()
 	p.debug(ctx, "Prepare")
 
 	pl, err := p.bind(p.d.spec.Name)
 	if err == nil {
 		return p.prepareExisting(ctx, pl)
 	}
-	if !cerrdefs.IsNotFound(err) {
+	if !notInstalled(err) {
 		return err
 	}
 
@@ -359,9 +415,10 @@ func (p *Controller) Prepare(ctx context.Context) error {
 		return classify(fmt.Sprintf("error pulling plugin %s from %s", p.d.spec.Name, p.d.familiar), err)
 	}
 	if _, err := p.bind(p.d.spec.Name); err != nil {
-		if cerrdefs.IsNotFound(err) {
-			// Removed between our Pull and bind: pull again.
-			return exec.MakeTemporary(err)
+		if notInstalled(err) {
+			// Removed between our Pull and bind, or a Backend that cannot
+			// find what it just installed: say so, and pull again.
+			return exec.MakeTemporary(fmt.Errorf("plugin %s not found right after a successful pull: %w", p.d.spec.Name, err))
 		}
 		return err
 	}
@@ -372,87 +429,119 @@ func (p *Controller) Prepare(ctx context.Context) error {
 // prepareExisting handles Prepare for this service's installed plugin, to
 // which the task is already bound.
 func (p *Controller) prepareExisting(ctx context.Context, pl *v2.Plugin) error {
-	if _, pinned := p.d.remote.(reference.Canonical); pinned && pl.PluginObj.PluginReference == p.d.remote.String() {
-		missing := missingEnv(pl.PluginObj.Settings.Env, p.d.spec.Env)
-		if _, ok := p.backend.(Setter); !ok || len(missing) == 0 {
-			p.debug(ctx, "plugin already at the pinned digest; nothing to do")
-			return nil
-		}
-		// Only the env differs: it can be set once the plugin is disabled.
-		if err := p.disableForChange(ctx, pl, "change its settings"); err != nil {
-			return err
-		}
-		return p.applyEnv(ctx, pl.GetID(), missing)
-	}
-
 	wasEnabled := pl.IsEnabled()
-	if err := p.disableForChange(ctx, pl, "upgrade it"); err != nil {
-		return err
+	others := p.otherReferences(pl)
+	if p.d.spec.Disabled && wasEnabled && others > 0 {
+		return p.inUse(others, "match the spec")
 	}
-	auth, err := p.authFor(ctx)
-	if err == nil {
-		err = p.backend.Upgrade(ctx, p.d.remote, p.d.spec.Name, nil, auth, convertPrivileges(p.d.spec.Privileges), p.opts.progress)
-		if err != nil {
-			err = classify(fmt.Sprintf("error upgrading plugin %s to %s", p.d.spec.Name, p.d.familiar), err)
-		}
-	}
-	if err != nil {
-		if wasEnabled {
-			p.reenable(ctx, pl.GetID())
-		}
-		return err
-	}
-	p.log(ctx, log.InfoLevel, "plugin upgraded", "remote", p.d.familiar)
-	if _, ok := p.backend.(Setter); ok {
-		if missing := missingEnv(pl.PluginObj.Settings.Env, p.d.spec.Env); len(missing) > 0 {
-			return p.applyEnv(ctx, pl.GetID(), missing)
-		}
-	}
-	return nil
-}
-
-// disableForChange disables an enabled plugin so that it can be upgraded,
-// reconfigured or match a Disabled spec. The Manager refuses a plain
-// Disable while any reference exists, and this service's own tasks hold
-// references, so a plain Disable could never succeed; the disable is forced,
-// which is safe exactly when no one else (a volume, a network, a log
-// driver) uses the plugin. Otherwise it fails with a temporary
-// ErrPluginInUse.
-func (p *Controller) disableForChange(ctx context.Context, pl *v2.Plugin, why string) error {
-	if !pl.IsEnabled() {
+	_, pinned := p.d.remote.(reference.Canonical)
+	upgrade := !pinned || pl.PluginObj.PluginReference != p.d.remote.String()
+	if !upgrade && len(p.envToSet(ctx, pl)) == 0 {
+		p.debug(ctx, "plugin already at the pinned digest with the spec's env; nothing to do")
 		return nil
 	}
-	id := pl.GetID()
-	if others := pl.GetRefCount() - holders.holders(p.backend, id); others > 0 {
-		err := withDetail(ErrPluginInUse, fmt.Sprintf("%s has %d reference(s) besides service %s's tasks", p.d.spec.Name, others, p.service), nil)
-		return exec.MakeTemporary(fmt.Errorf("cannot disable plugin %s to %s: %w", p.d.spec.Name, why, err))
+
+	if err := p.forceDisable(ctx, pl, others); err != nil {
+		return err
 	}
-	if err := p.backend.Disable(id, &backend.PluginDisableConfig{ForceDisable: true}); err != nil {
-		if !pl.IsEnabled() {
-			return nil // someone else disabled it meanwhile
+	err := p.changeDisabled(ctx, pl, upgrade)
+	if err != nil && wasEnabled {
+		p.reenable(ctx, pl.GetID())
+	}
+	return err
+}
+
+// changeDisabled upgrades the disabled plugin pl if upgrade is set, then
+// sets the env entries of the spec it can take.
+func (p *Controller) changeDisabled(ctx context.Context, pl *v2.Plugin, upgrade bool) error {
+	if upgrade {
+		auth, err := p.authFor(ctx)
+		if err != nil {
+			return err
 		}
-		return classify(fmt.Sprintf("cannot disable plugin %s to %s", p.d.spec.Name, why), err)
+		if err := p.backend.Upgrade(ctx, p.d.remote, p.d.spec.Name, nil, auth, convertPrivileges(p.d.spec.Privileges), p.opts.progress); err != nil {
+			return classify(fmt.Sprintf("error upgrading plugin %s to %s", p.d.spec.Name, p.d.familiar), err)
+		}
+		p.log(ctx, log.InfoLevel, "plugin upgraded", "remote", p.d.familiar)
 	}
-	p.log(ctx, log.InfoLevel, "plugin disabled")
-	return nil
-}
-
-// reenable restores a plugin that Prepare disabled before a failed upgrade.
-func (p *Controller) reenable(ctx context.Context, id string) {
-	err := p.backend.Enable(id, &backend.PluginEnableConfig{Timeout: p.enableTimeoutSeconds()})
-	if err != nil {
-		p.log(ctx, log.WarnLevel, "could not re-enable plugin after a failed upgrade", "error", err.Error())
-		return
+	// After an upgrade the config is the new remote's: decide from it.
+	env := p.envToSet(ctx, pl)
+	if len(env) == 0 {
+		return nil
 	}
-	p.log(ctx, log.InfoLevel, "plugin re-enabled after a failed upgrade")
-}
-
-func (p *Controller) applyEnv(ctx context.Context, id string, env []string) error {
-	if err := p.backend.(Setter).Set(id, env); err != nil {
+	if err := p.backend.(Setter).Set(pl.GetID(), env); err != nil {
 		return classify(fmt.Sprintf("error setting env of plugin %s", p.d.spec.Name), err)
 	}
 	p.log(ctx, log.InfoLevel, "plugin env updated", "env.keys", fmt.Sprint(envKeys(env)))
 	return nil
+}
+
+// envToSet returns the entries of the spec's Env that differ from pl's
+// settings and that the Backend's Set accepts: none without a Setter, and
+// otherwise the "KEY=VALUE" entries whose key pl's config declares with a
+// settable value, the rule of moby's v2.Plugin.Set. It logs the keys it
+// skips once per task.
+func (p *Controller) envToSet(ctx context.Context, pl *v2.Plugin) []string {
+	if _, ok := p.backend.(Setter); !ok {
+		return nil
+	}
+	settable, skipped := settableEnv(pl.PluginObj.Config.Env, p.d.spec.Env)
+	if len(skipped) > 0 {
+		p.mu.Lock()
+		warn := !p.envWarned
+		p.envWarned = true
+		p.mu.Unlock()
+		if warn {
+			p.log(ctx, log.WarnLevel, "ignoring env entries the plugin cannot set: no KEY=VALUE form, or a key its config does not declare settable", "env.keys", fmt.Sprint(skipped))
+		}
+	}
+	return missingEnv(pl.PluginObj.Settings.Env, settable)
+}
+
+// otherReferences counts the references on pl that are not held by this
+// service's tasks on the node: volumes, containers logging through it,
+// networks.
+func (p *Controller) otherReferences(pl *v2.Plugin) int {
+	return max(pl.GetRefCount()-holders.holders(pl), 0)
+}
+
+func (p *Controller) inUse(others int, why string) error {
+	err := withDetail(ErrPluginInUse, fmt.Sprintf("%s has %d reference(s) besides service %s's tasks", p.d.spec.Name, others, p.service), nil)
+	return exec.MakeTemporary(fmt.Errorf("cannot disable plugin %s to %s: %w", p.d.spec.Name, why, err))
+}
+
+// forceDisable disables an enabled plugin so that it can be upgraded or
+// reconfigured. The Manager refuses a plain Disable while any reference
+// exists, and this service's own tasks hold references, so the disable is
+// forced, as stock dockerd does; others is how many references besides
+// this service's tasks are torn away for the change, which Start ends by
+// enabling the plugin again.
+func (p *Controller) forceDisable(ctx context.Context, pl *v2.Plugin, others int) error {
+	if !pl.IsEnabled() {
+		return nil
+	}
+	if err := p.backend.Disable(pl.GetID(), &backend.PluginDisableConfig{ForceDisable: true}); err != nil {
+		if !pl.IsEnabled() {
+			return nil // someone else disabled it meanwhile
+		}
+		return classify(fmt.Sprintf("cannot disable plugin %s to change it", p.d.spec.Name), err)
+	}
+	if others > 0 {
+		p.log(ctx, log.WarnLevel, "plugin disabled for a change while other users hold it", "references", strconv.Itoa(others))
+	} else {
+		p.log(ctx, log.InfoLevel, "plugin disabled")
+	}
+	return nil
+}
+
+// reenable restores a plugin that Prepare disabled before a failed change.
+func (p *Controller) reenable(ctx context.Context, id string) {
+	err := p.backend.Enable(id, &backend.PluginEnableConfig{Timeout: p.enableTimeoutSeconds()})
+	if err != nil {
+		p.log(ctx, log.WarnLevel, "could not re-enable plugin after a failed change", "error", err.Error())
+		return
+	}
+	p.log(ctx, log.InfoLevel, "plugin re-enabled after a failed change")
 }
 
 // authFor asks the WithRegistryAuth function for the remote's credentials.
@@ -482,7 +571,11 @@ func (p *Controller) lookup(nameOrID string) (*v2.Plugin, error) {
 	case cerrdefs.IsNotFound(err):
 		return nil, err
 	case err != nil:
-		return nil, classify(fmt.Sprintf("error looking up plugin %s", p.d.spec.Name), err)
+		wrapped := classify(fmt.Sprintf("error looking up plugin %s", p.d.spec.Name), err)
+		if !hasClass(err) && !isTransient(err) {
+			return nil, &unclassifiedLookupError{wrapped}
+		}
+		return nil, wrapped
 	case pl == nil:
 		return nil, withDetail(errBackend, "Get returned neither a plugin nor an error", nil)
 	case pl.GetID() == "":
@@ -491,16 +584,37 @@ func (p *Controller) lookup(nameOrID string) (*v2.Plugin, error) {
 	return pl, nil
 }
 
-// owns reports whether the task's service owns pl. A plugin without an
-// owning service (a person installed it) is never the task's, even for a
-// task without a service.
+// unclassifiedLookupError is an error of Backend.Get that carries no
+// errdefs class and is not temporary: the answer of a hand-written fake
+// (moby's own mockBackend returns errors.New("not found")) rather than of
+// moby's Manager, which classifies every error.
+type unclassifiedLookupError struct{ error }
+
+func (e *unclassifiedLookupError) Unwrap() error { return e.error }
+
+// notInstalled reports whether a lookup error means that no plugin of the
+// name is installed: the Backend says not found, or, as upstream reads any
+// error of Get in Prepare, it gives an unclassified, permanent error.
+// Classified errors (an ambiguous name, an unavailable backend) and
+// temporary ones are not taken as an answer.
+func notInstalled(err error) bool {
+	var unclassified *unclassifiedLookupError
+	return cerrdefs.IsNotFound(err) || errors.As(err, &unclassified)
+}
+
+// owns reports whether the task's service owns pl: upstream's rule, the
+// plugin's SwarmServiceID is the task's ServiceID. swarmkit gives every
+// task of a plugin service its service's ID, so a plugin a person installed
+// (no SwarmServiceID) is never a swarm task's; only a task built by hand
+// without a ServiceID, as in upstream's own tests, owns such a plugin.
 func (p *Controller) owns(pl *v2.Plugin) bool {
-	return p.service != "" && pl.SwarmServiceID == p.service
+	return pl.SwarmServiceID == p.service
 }
 
 // bind resolves the task's plugin by name or ID, checks that this task's
 // service owns it, records it as the task's plugin and takes the task's
-// reference on it unless the task already holds one.
+// reference on it unless the task already holds one. Callers hold opMu and
+// have checked enter, so no bind happens once Remove has begun.
 func (p *Controller) bind(nameOrID string) (*v2.Plugin, error) {
 	holders.mu.Lock()
 	defer holders.mu.Unlock()
@@ -511,10 +625,9 @@ func (p *Controller) bind(nameOrID string) (*v2.Plugin, error) {
 	if !p.owns(pl) {
 		return nil, withDetail(ErrPluginExists, p.d.spec.Name, nil)
 	}
-	id := pl.GetID()
-	holders.acquireLocked(p.backend, pl, p.taskID)
+	holders.acquireLocked(pl, p.taskID)
 	p.mu.Lock()
-	p.pluginID = id
+	p.pluginID, p.bound = pl.GetID(), pl
 	p.mu.Unlock()
 	return pl, nil
 }
@@ -529,6 +642,25 @@ func (p *Controller) current() (*v2.Plugin, error) {
 	return p.bind(p.d.spec.Name)
 }
 
+// begin starts a step that may bind or change the plugin: it takes opMu
+// and the plugin's lock (giving up when ctx ends) and checks that the
+// Controller may still act. The returned func releases both.
+func (p *Controller) begin(ctx context.Context) (unlock func(), err error) {
+	p.opMu.Lock()
+	if err := p.enter(); err != nil {
+		p.opMu.Unlock()
+		return nil, err
+	}
+	if err := p.lock.lock(ctx); err != nil {
+		p.opMu.Unlock()
+		return nil, err
+	}
+	return func() {
+		p.lock.unlock()
+		p.opMu.Unlock()
+	}, nil
+}
+
 // Start is the start phase from swarmkit. It brings the plugin to the
 // spec's state: enabled (waiting up to the enable timeout for it to
 // activate), or disabled when the spec says Disabled.
@@ -536,14 +668,13 @@ func (p *Controller) current() (*v2.Plugin, error) {
 // Disabling is forced, because the Manager counts this service's own task
 // references as users; it is refused with a temporary ErrPluginInUse while
 // references other than this service's tasks hold the plugin.
-func (p *Controller) Start(ctx context.Context) error {
-	p.opMu.Lock()
-	defer p.opMu.Unlock()
-	if err := p.enter(); err != nil {
+func (p *Controller) Start(ctx context.Context) (err error) {
+	defer func() { err = stepError(ctx, err) }()
+	unlock, err := p.begin(ctx)
+	if err != nil {
 		return err
 	}
-	p.lock.Lock()
-	defer p.lock.Unlock()
+	defer unlock()
 	p.debug(ctx, "Start")
 
 	pl, err := p.current()
@@ -551,7 +682,13 @@ func (p *Controller) Start(ctx context.Context) error {
 		return err
 	}
 	if p.d.spec.Disabled {
-		return p.disableForChange(ctx, pl, "match the spec")
+		if !pl.IsEnabled() {
+			return nil
+		}
+		if others := p.otherReferences(pl); others > 0 {
+			return p.inUse(others, "match the spec")
+		}
+		return p.forceDisable(ctx, pl, 0)
 	}
 	if pl.IsEnabled() {
 		return nil
@@ -581,19 +718,23 @@ func (p *Controller) enableTimeoutSeconds() int {
 //   - a temporary error if the Backend closes the event stream.
 //
 // Waiting costs no CPU: it blocks on the Backend's event channel.
-func (p *Controller) Wait(ctx context.Context) error {
+func (p *Controller) Wait(ctx context.Context) (err error) {
+	defer func() { err = stepError(ctx, err) }()
 	if err := p.enter(); err != nil {
 		return err
 	}
 	p.debug(ctx, "Wait")
 
 	// A task bound by Prepare or Start already holds its reference; a
-	// resumed one binds (and takes it) now.
+	// resumed one binds (and takes it) now, unless Remove has begun.
 	id := p.boundID()
 	if id == "" {
-		p.opMu.Lock()
+		unlock, err := p.begin(ctx)
+		if err != nil {
+			return err
+		}
 		pl, err := p.current()
-		p.opMu.Unlock()
+		unlock()
 		if err != nil {
 			if cerrdefs.IsNotFound(err) {
 				return withDetail(ErrPluginRemoved, "", err)
@@ -633,7 +774,7 @@ func (p *Controller) Wait(ctx context.Context) error {
 			return exec.ErrControllerClosed
 		case e, ok := <-events:
 			if !ok {
-				return exec.MakeTemporary(withDetail(errBackend, "plugin event stream closed", cerrdefs.ErrUnavailable))
+				return exec.MakeTemporary(errEventsClosed)
 			}
 			switch e.(type) {
 			case plugin.EventEnable:
@@ -680,11 +821,19 @@ func (p *Controller) stop(ctx context.Context, phase string) error {
 // It finds the plugin from the task's spec when the task was never bound on
 // this Controller, and never removes a plugin its service does not own. A
 // plugin that is already gone is success.
-func (p *Controller) Remove(ctx context.Context) error {
+//
+// From the moment Remove begins, no other step binds the task to the plugin
+// or changes it: they return ErrTaskRemoved.
+func (p *Controller) Remove(ctx context.Context) (err error) {
+	defer func() { err = stepError(ctx, err) }()
 	p.opMu.Lock()
 	defer p.opMu.Unlock()
 	p.mu.Lock()
-	closed, removed, id := p.closed, p.removed, p.pluginID
+	closed, removed := p.closed, p.removed
+	if !closed {
+		p.removing = true
+	}
+	id, bound := p.pluginID, p.bound
 	p.mu.Unlock()
 	if closed {
 		return exec.ErrControllerClosed
@@ -693,42 +842,22 @@ func (p *Controller) Remove(ctx context.Context) error {
 		return nil
 	}
 	p.debug(ctx, "Remove")
-
-	p.lock.Lock()
-	defer p.lock.Unlock()
-	holders.mu.Lock()
-	defer holders.mu.Unlock()
-	nameOrID := id
-	if nameOrID == "" {
-		nameOrID = p.d.spec.Name
-	}
-	pl, err := p.lookup(nameOrID)
-	if cerrdefs.IsNotFound(err) {
-		holders.forgetLocked(p.backend, id, p.taskID)
-		p.markRemoved()
-		return nil
-	}
-	if err != nil {
+	if err := p.lock.lock(ctx); err != nil {
 		return err
 	}
-	if !p.owns(pl) || (id != "" && pl.GetID() != id) {
-		// Not ours (any more): someone else's plugin now has the name.
-		holders.forgetLocked(p.backend, id, p.taskID)
-		p.markRemoved()
-		p.debug(ctx, "plugin is not this service's; leaving it alone")
-		return nil
+	defer p.lock.unlock()
+
+	pl, err := p.release(ctx, id, bound)
+	if err != nil || pl == nil {
+		return err
 	}
-	holders.releaseLocked(p.backend, pl, p.taskID)
-	if n := pl.GetRefCount(); n > 0 {
-		p.markRemoved()
-		p.log(ctx, log.DebugLevel, "plugin still in use; keeping it", "references", strconv.Itoa(n))
-		return nil
-	}
+	// The plugin's lock, held until the removal is done, keeps this
+	// service's other tasks on the node from binding to it meanwhile.
 	if err := p.backend.Remove(pl.GetID(), &backend.PluginRmConfig{ForceRemove: true}); err != nil && !cerrdefs.IsNotFound(err) {
 		// The reference is released; a retried Remove must not release
 		// again, only retry the removal.
 		p.mu.Lock()
-		p.pluginID = pl.GetID()
+		p.pluginID, p.bound = pl.GetID(), nil
 		p.mu.Unlock()
 		return classify(fmt.Sprintf("error removing plugin %s", p.d.spec.Name), err)
 	}
@@ -737,9 +866,50 @@ func (p *Controller) Remove(ctx context.Context) error {
 	return nil
 }
 
+// release drops the task's reference and returns the plugin if it is this
+// service's and no reference remains, so Remove should remove it; nil
+// otherwise, with the task marked removed.
+func (p *Controller) release(ctx context.Context, id string, bound *v2.Plugin) (*v2.Plugin, error) {
+	holders.mu.Lock()
+	defer holders.mu.Unlock()
+	nameOrID := id
+	if nameOrID == "" {
+		nameOrID = p.d.spec.Name
+	}
+	pl, err := p.lookup(nameOrID)
+	if cerrdefs.IsNotFound(err) {
+		holders.forgetLocked(bound, p.taskID)
+		p.markRemoved()
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !p.owns(pl) || (id != "" && pl.GetID() != id) {
+		// Not ours (any more): someone else's plugin now has the name.
+		holders.forgetLocked(bound, p.taskID)
+		p.markRemoved()
+		p.debug(ctx, "plugin is not this service's; leaving it alone")
+		return nil, nil
+	}
+	if bound != nil && bound != pl {
+		// The Backend now returns another object for the plugin (a
+		// daemon restart in between, say): the old one's count is moot.
+		holders.forgetLocked(bound, p.taskID)
+	}
+	holders.releaseLocked(pl, p.taskID)
+	if n := pl.GetRefCount(); n > 0 {
+		p.markRemoved()
+		p.log(ctx, log.DebugLevel, "plugin still in use; keeping it", "references", strconv.Itoa(n))
+		return nil, nil
+	}
+	return pl, nil
+}
+
 func (p *Controller) markRemoved() {
 	p.mu.Lock()
 	p.removed = true
+	p.bound = nil
 	p.mu.Unlock()
 }
 
@@ -776,6 +946,33 @@ func convertPrivileges(ls []*swarm.RuntimePrivilege) plugintypes.Privileges {
 	return out
 }
 
+// settableEnv splits the spec's env entries into those moby's
+// v2.Plugin.Set accepts for a plugin whose config declares declared, and
+// the keys of the others: entries without "=" (Set would read them as a
+// key without a value), undeclared keys and keys whose value is not
+// settable.
+func settableEnv(declared []plugintypes.Env, env []string) (settable, skipped []string) {
+	for _, kv := range env {
+		k, _, ok := strings.Cut(kv, "=")
+		if ok && envSettable(declared, k) {
+			settable = append(settable, kv)
+		} else {
+			skipped = append(skipped, k)
+		}
+	}
+	return settable, skipped
+}
+
+func envSettable(declared []plugintypes.Env, key string) bool {
+	for _, e := range declared {
+		if e.Name == key {
+			// moby's isSettable: no Settable list means nothing is.
+			return slices.Contains(e.Settable, "value")
+		}
+	}
+	return false
+}
+
 // missingEnv returns the entries of want ("KEY=VALUE") that have is lacking.
 func missingEnv(have, want []string) []string {
 	set := make(map[string]bool, len(have))
@@ -801,11 +998,53 @@ func envKeys(env []string) []string {
 	return keys
 }
 
-// holders records which tasks hold a reference on which plugin, per
-// Backend, so that each task holds exactly one reference however many
-// Controllers swarmkit creates for it (a new one after every agent
-// restart), and so that Start can tell this service's references from other
-// users'. Acquire and Release on a plugin happen only under holders.mu.
+// stepError makes the error of a step that ends because its ctx is done
+// tell swarmkit's exec.Do to retry, whatever the Backend wrapped around
+// ctx's error: exec.Do retries an error whose errors.Cause is
+// context.Canceled or DeadlineExceeded, and errors.Cause follows only
+// Cause methods. errors.Is still reaches both err and ctx's error.
+func stepError(ctx context.Context, err error) error {
+	if err == nil || ctx.Err() == nil {
+		return err
+	}
+	var done *ctxDoneError
+	if errors.As(err, &done) || err == ctx.Err() {
+		return err
+	}
+	return &ctxDoneError{err: err, ctxErr: ctx.Err()}
+}
+
+// ctxDoneError is the error of a step cut short by its context.
+type ctxDoneError struct {
+	err    error
+	ctxErr error
+}
+
+func (e *ctxDoneError) Error() string   { return e.err.Error() }
+func (e *ctxDoneError) Cause() error    { return e.ctxErr }
+func (e *ctxDoneError) Unwrap() []error { return []error{e.err, e.ctxErr} }
+
+// isNil reports whether b is nil or an interface holding a nil pointer,
+// map, slice, func or channel, which would fail at its first call.
+func isNil(b Backend) bool {
+	if b == nil {
+		return true
+	}
+	switch v := reflect.ValueOf(b); v.Kind() {
+	case reflect.Pointer, reflect.Map, reflect.Slice, reflect.Func, reflect.Chan, reflect.Interface:
+		return v.IsNil()
+	}
+	return false
+}
+
+// holders records which tasks hold a reference on which plugin, so that
+// each task holds exactly one reference however many Controllers swarmkit
+// creates for it (a new one after every agent restart), and so that the
+// Controller can tell this service's references from other users'. It is
+// keyed by the plugin object itself, the *v2.Plugin that the Manager
+// returns for a plugin on every Get and that holds its reference count, so
+// it does not matter which Backend value (a wrapper per Controller, say)
+// returned it. Acquire and Release on a plugin happen only under holders.mu.
 var holders = holderTable{tasks: make(map[holderTask]struct{})}
 
 type holderTable struct {
@@ -813,41 +1052,28 @@ type holderTable struct {
 	tasks map[holderTask]struct{} // which task holds a reference on which plugin
 }
 
-type holderKey struct {
-	backend  any // the Backend when comparable, nil otherwise
-	pluginID string
-}
-
 type holderTask struct {
-	holderKey
+	plugin *v2.Plugin
 	taskID string
 }
 
-func keyFor(b Backend, id string) holderKey {
-	k := holderKey{pluginID: id}
-	if reflect.TypeOf(b).Comparable() {
-		k.backend = b
-	}
-	return k
-}
-
-// holders counts the tasks holding a reference on the plugin. It walks the
-// table, which holds one entry per task of the node's plugin services; only
-// a disable asks.
-func (h *holderTable) holders(b Backend, id string) int {
+// holders counts the tasks holding a reference on pl. It walks the table,
+// which holds one entry per task of the node's plugin services; only a
+// disable asks.
+func (h *holderTable) holders(pl *v2.Plugin) int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	k, n := keyFor(b, id), 0
+	n := 0
 	for t := range h.tasks {
-		if t.holderKey == k {
+		if t.plugin == pl {
 			n++
 		}
 	}
 	return n
 }
 
-func (h *holderTable) acquireLocked(b Backend, pl *v2.Plugin, taskID string) {
-	t := holderTask{keyFor(b, pl.GetID()), taskID}
+func (h *holderTable) acquireLocked(pl *v2.Plugin, taskID string) {
+	t := holderTask{pl, taskID}
 	if _, ok := h.tasks[t]; ok {
 		return
 	}
@@ -855,19 +1081,19 @@ func (h *holderTable) acquireLocked(b Backend, pl *v2.Plugin, taskID string) {
 	pl.Acquire()
 }
 
-func (h *holderTable) releaseLocked(b Backend, pl *v2.Plugin, taskID string) {
-	if h.forgetLocked(b, pl.GetID(), taskID) {
+func (h *holderTable) releaseLocked(pl *v2.Plugin, taskID string) {
+	if h.forgetLocked(pl, taskID) {
 		pl.Release()
 	}
 }
 
-// forgetLocked drops the record of taskID's reference and reports whether
-// there was one.
-func (h *holderTable) forgetLocked(b Backend, id, taskID string) bool {
-	if id == "" {
+// forgetLocked drops the record of taskID's reference on pl and reports
+// whether there was one.
+func (h *holderTable) forgetLocked(pl *v2.Plugin, taskID string) bool {
+	if pl == nil {
 		return false
 	}
-	t := holderTask{keyFor(b, id), taskID}
+	t := holderTask{pl, taskID}
 	if _, ok := h.tasks[t]; !ok {
 		return false
 	}
@@ -876,19 +1102,39 @@ func (h *holderTable) forgetLocked(b Backend, id, taskID string) bool {
 }
 
 // pluginLocks serialise the steps that change a plugin (Prepare, Start,
-// Remove) across all the Controllers of a process, so that one task's
-// disable-then-upgrade cannot interleave with another task's enable. A
-// plugin's lock is chosen by the spec's Name, which is the same string in
-// every task of the plugin's one owning service; unrelated plugins may
-// share a stripe, which costs only waiting. A Controller holds at most one
-// of them at a time.
-var pluginLocks [64]sync.Mutex
+// Remove, and Wait's binding) across all the Controllers of a process, so
+// that one task's disable-then-upgrade cannot interleave with another
+// task's enable. A plugin's lock is chosen by its name as the Manager
+// stores it, so "vol", "vol:latest" and "docker.io/library/vol" share one;
+// unrelated plugins may share a stripe, which costs only waiting. A
+// Controller holds at most one of them at a time, and a step whose context
+// ends stops waiting for it.
+var pluginLocks = func() (locks [64]pluginLock) {
+	for i := range locks {
+		locks[i] = make(pluginLock, 1)
+	}
+	return locks
+}()
 
-func pluginLock(name string) *sync.Mutex {
+// pluginLock is a mutex whose lock gives up when a context ends.
+type pluginLock chan struct{}
+
+func (l pluginLock) lock(ctx context.Context) error {
+	select {
+	case l <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (l pluginLock) unlock() { <-l }
+
+func lockFor(key string) pluginLock {
 	h := uint32(2166136261) // FNV-1a
-	for i := 0; i < len(name); i++ {
-		h ^= uint32(name[i])
+	for i := 0; i < len(key); i++ {
+		h ^= uint32(key[i])
 		h *= 16777619
 	}
-	return &pluginLocks[h%uint32(len(pluginLocks))]
+	return pluginLocks[h%uint32(len(pluginLocks))]
 }

@@ -678,16 +678,30 @@ func TestStartKeepsPluginOthersUse(t *testing.T) {
 	assert.NilError(t, err)
 	pl.Acquire()
 
-	// Neither an upgrade nor a disabled spec takes it away from the volume.
-	c3 := newController(t, b, "task-3", spec(remote2, false))
-	err = c3.Prepare(ctx)
-	assert.ErrorIs(t, err, plugin.ErrPluginInUse)
-	assert.Assert(t, exec.IsTemporary(err))
+	// A disabled spec does not take it away from the volume, neither at
+	// Start nor at Prepare, which would otherwise upgrade it on every retry.
 	err = c2.Start(ctx)
 	assert.ErrorIs(t, err, plugin.ErrPluginInUse)
 	assert.Assert(t, cerrdefs.IsConflict(err))
 	assert.Assert(t, exec.IsTemporary(err), "retry until the other user lets go")
+	c4 := newController(t, b, "task-4", spec(remote2, true))
+	err = c4.Prepare(ctx)
+	assert.ErrorIs(t, err, plugin.ErrPluginInUse)
+	assert.Assert(t, exec.IsTemporary(err))
 	p, _, _ := state(t, b, name)
+	assert.Assert(t, p.Enabled)
+	assert.Equal(t, p.PluginReference, "example.com/acme/vol:1.0", "not upgraded")
+	assert.Equal(t, countCalls(b, "Upgrade"), 1, "only the Prepare of task-2")
+
+	// An upgrade is what the operator asked for: as stock dockerd, it
+	// disables the plugin under the volume, upgrades it, and Start enables
+	// it again.
+	c3 := newController(t, b, "task-3", spec(remote2, false))
+	assert.NilError(t, c3.Prepare(ctx))
+	p, _, _ = state(t, b, name)
+	assert.Equal(t, p.PluginReference, "example.com/acme/vol:2.0")
+	assert.NilError(t, c3.Start(ctx))
+	p, _, _ = state(t, b, name)
 	assert.Assert(t, p.Enabled)
 
 	pl.Release()
@@ -1240,12 +1254,15 @@ func TestFailuresMidStep(t *testing.T) {
 	t.Run("set env", func(t *testing.T) {
 		b, c := prepared(t, false)
 		assert.NilError(t, c.Start(ctx))
-		b.FailNext("Set", fmt.Errorf("%q is not settable: %w", "LEVEL", cerrdefs.ErrInvalidArgument))
+		b.AddRemote(remote2, plugintest.Remote{Env: []string{"LEVEL=info"}})
+		b.FailNext("Set", fmt.Errorf("disk full: %w", cerrdefs.ErrInvalidArgument))
 		s := spec(remote2, false)
 		s.Env = []string{"LEVEL=debug"}
 		err := newController(t, b, "task-2", s).Prepare(ctx)
 		assert.Assert(t, cerrdefs.IsInvalidArgument(err), "%v", err)
 		assert.ErrorContains(t, err, "error setting env of plugin vol")
+		p, _, _ := state(t, b, name)
+		assert.Assert(t, p.Enabled, "re-enabled after the failed set")
 	})
 	t.Run("re-enable after failed upgrade", func(t *testing.T) {
 		b, c := prepared(t, false)
@@ -1307,6 +1324,9 @@ func TestLoggingKeepsAgentFields(t *testing.T) {
 	assert.Assert(t, len(capture.lines) > 0)
 	for _, line := range capture.lines {
 		assert.Assert(t, strings.Contains(line, "module=node/agent/taskmanager") && strings.Contains(line, "plugin=vol"), line)
+		// The agent's task.id is not repeated as task; the service, which
+		// this context does not name, is.
+		assert.Assert(t, !strings.Contains(line, " task=") && strings.Contains(line, " service="), line)
 	}
 }
 

@@ -4,7 +4,14 @@
 // controller, github.com/moby/moby/v2/daemon/cluster/controllers/plugin
 // (moby v2.0.0-beta.24): change the import path and everything compiles and
 // behaves as before, minus upstream's bugs, plus registry credentials,
-// restart safety and classified errors.
+// restart safety and classified errors. A test suite written against
+// upstream's controller, with its own fake Backend, passes unchanged after
+// the import swap; upstream_compat_test.go runs upstream's own scenarios
+// with a mock like upstream's to prove it.
+//
+// It builds with every docker/docker v28 release from v28.3.0 to v28.5.2
+// (CI checks v28.3.3, v28.4.0 and v28.5.2); Go's minimal version selection
+// picks a later release a program requires, with nothing to configure.
 //
 // # Plugin tasks
 //
@@ -63,10 +70,31 @@
 //
 // The Manager refuses a plain Disable while any reference is held, and the
 // service's own tasks hold references, so a plain Disable of a managed
-// plugin can never succeed. The Controller therefore force-disables, but
-// only when every reference belongs to this service's tasks on the node;
-// when something else uses the plugin (a volume, a network, a log driver),
-// it returns the temporary ErrPluginInUse and leaves the plugin running.
+// plugin can never succeed. The Controller therefore force-disables, with
+// two rules for references that are not the service's tasks (a volume
+// created on the driver, a container logging through it):
+//
+//   - A change the spec asks for (a new remote, a settable env value) is
+//     made as stock dockerd makes it: force-disable, change, and Start
+//     enables the plugin again. A warn line says how many other references
+//     were held.
+//   - A spec that says Disabled leaves the plugin running while they hold
+//     it: Prepare and Start return the temporary ErrPluginInUse, which shows
+//     in the task's status, and Start disables the plugin once they let go.
+//     Prepare checks this before upgrading anything, so a retried task does
+//     not disable, upgrade and re-enable the plugin every second.
+//
+// # Env
+//
+// An installed plugin gets the spec's Env through the Backend's Set (when
+// it implements Setter, as moby's Manager does), but only the entries Set
+// accepts: "KEY=VALUE" whose key the plugin's config declares with a
+// settable value. The rest (entries without "=", undeclared keys, keys the
+// config does not let be set) are skipped and their keys logged once per
+// task at warn. Nothing is disabled when nothing settable differs, and any
+// failure after the disable enables the plugin again: an env update never
+// leaves a plugin out of service. At install, Pull applies the whole Env,
+// as the Manager's WithEnv does.
 //
 // # Differences from upstream
 //
@@ -86,12 +114,21 @@
 //     of rejecting the task; causes stay reachable with errors.Is/As; errors
 //     are classified with github.com/containerd/errdefs.
 //   - Close is final: afterwards every method returns exec.ErrControllerClosed.
-//   - An Env change reaches an installed plugin when the Backend implements
-//     Setter; upstream drops it.
 //   - A remote pinned by digest that is already installed is left running;
-//     a failed upgrade re-enables the plugin it disabled.
-//   - A plugin without an owning service is never taken over, even by a
-//     task without a service ID.
+//     a failed upgrade, set or disable re-enables the plugin it disabled.
+//   - A spec without a Name whose remote is pinned by digest names the
+//     plugin by the remote's repository and tag, without the digest, which
+//     the Manager could not look up; upstream never finds what it pulled.
+//   - A step cut short by its context (swarmkit cancels a Prepare when it
+//     raises a task's desired state) is retried, whatever the Backend
+//     wrapped around the context's error; upstream rejects the task unless
+//     the Backend returned ctx.Err() as is.
+//   - Env changes apply the settable entries (see Env); upstream drops them.
+//   - Ownership is upstream's rule, SwarmServiceID == ServiceID; in a swarm
+//     every plugin task has its service's ID, so a plugin a person
+//     installed is never taken over. An unclassified, permanent error from
+//     Get in Prepare means "not installed", as upstream; classified and
+//     temporary ones stay errors.
 //   - Registry credentials (WithRegistryAuth), the enable timeout, progress
 //     output and the logger are options of New.
 //   - Each step logs at debug, each state change at info, with the task,

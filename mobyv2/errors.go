@@ -49,17 +49,28 @@ var (
 	// and errors.As.
 	ErrInvalidSpec error = &classError{msg: "invalid plugin spec", class: cerrdefs.ErrInvalidArgument}
 
-	// ErrPluginInUse: the spec asks for the plugin to be disabled (or an
-	// upgrade needs it disabled) while references other than this
-	// service's tasks hold it, for example a volume that uses the driver.
-	// The Controller does not tear the plugin away from them; the error is
-	// temporary (exec.IsTemporary), so swarmkit retries until they let go.
-	// Classified conflict.
+	// ErrPluginInUse: the spec says Disabled while references other than
+	// this service's tasks hold the plugin, for example a volume created on
+	// the driver or a container logging through it. Prepare and Start
+	// leave the plugin running for them; the error is temporary
+	// (exec.IsTemporary), so swarmkit retries, and Start disables the
+	// plugin once they let go. (A new remote or a settable env value is
+	// applied under such references, as stock dockerd does: force-disable,
+	// change, enable.) Classified conflict.
 	ErrPluginInUse error = &classError{msg: "plugin is in use", class: cerrdefs.ErrConflict}
 
 	// ErrTaskRemoved: a lifecycle method was called after Remove released
 	// the task's reference. Classified failed precondition.
 	ErrTaskRemoved error = &classError{msg: "plugin task already removed", class: cerrdefs.ErrFailedPrecondition}
+
+	// errNilBackend: New was given no Backend, or a typed nil one.
+	// Classified invalid argument.
+	errNilBackend error = &classError{msg: "plugin controller needs a backend, got nil", class: cerrdefs.ErrInvalidArgument}
+
+	// errEventsClosed: the Backend closed the event stream a Wait was
+	// reading. Wait returns it temporary, so swarmkit waits again.
+	// Classified unavailable.
+	errEventsClosed error = &classError{msg: "plugin event stream closed by the backend", class: cerrdefs.ErrUnavailable}
 
 	// errBackend: the Backend answered with something that cannot be
 	// right (a nil plugin without an error, an empty ID, a nil event

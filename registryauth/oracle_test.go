@@ -47,12 +47,10 @@ func credentialsOf(cfg *registry.AuthConfig) *registry.AuthConfig {
 // config.LoadDefaultConfigFile (which every docker command runs, platform
 // default helper detection included), then, as "docker pull" does
 // (trust.GetImageReferencesAndAuth), command.ResolveAuthConfig on the index
-// of registry.ParseRepositoryInfo. cli/command itself cannot be imported:
-// it needs newer modules than this module pins, so ResolveAuthConfig's
-// three lines are copied here.
-//
-// ParseRepositoryInfo looks a registry host up in DNS unless it is an IP
-// address or localhost, so the references given to it must be such.
+// that registry.ParseRepositoryInfo gives: the reference's domain, Docker
+// Hub's being official. cli/command itself cannot be imported: it needs
+// newer modules than this module pins, so ResolveAuthConfig's three lines
+// are copied here.
 func goCLIOracle(t *testing.T, configPath, ref string) *registry.AuthConfig {
 	t.Helper()
 	assert.Assert(t, filepath.Base(configPath) == config.ConfigFileName)
@@ -61,11 +59,11 @@ func goCLIOracle(t *testing.T, configPath, ref string) *registry.AuthConfig {
 
 	named, err := reference.ParseNormalizedNamed(ref)
 	assert.NilError(t, err)
-	repoInfo, err := dockerregistry.ParseRepositoryInfo(named)
-	assert.NilError(t, err)
-	// command.ResolveAuthConfig:
-	configKey := repoInfo.Index.Name
-	if repoInfo.Index.Official {
+	// command.ResolveAuthConfig, with ParseRepositoryInfo's index name
+	// (the reference's domain; Docker Hub's is official) spelled out, as
+	// moby v2's registry package no longer exports it:
+	configKey := reference.Domain(named)
+	if configKey == dockerregistry.IndexName {
 		configKey = dockerregistry.IndexServer
 	}
 	a, _ := cfg.GetAuthConfig(configKey)

@@ -81,16 +81,49 @@ func (b *Backend) Get(name string) (p *v2.Plugin, err error) {
 
 // Plugin returns a deep copy of the PluginObj of the plugin Get(name) would
 // return, and its reference count, read without racing with the Backend or
-// with the code under test. It is a test helper: it is neither recorded nor
-// affected by FailNext. Safe for concurrent use.
+// with the code under test. It is Snapshot without the owning service. It
+// is a test helper: it is neither recorded nor affected by FailNext. Safe
+// for concurrent use.
 func (b *Backend) Plugin(name string) (plugintypes.Plugin, int, error) {
+	s, err := b.Snapshot(name)
+	return s.Plugin, s.Refs, err
+}
+
+// Snapshot is a copy of an installed plugin's state, as Backend.Snapshot
+// returns it. It shares no memory with the Backend, so a test may keep and
+// modify it.
+type Snapshot struct {
+	// Plugin is the plugin's API object (ID, Name, Enabled, Settings,
+	// Config, PluginReference), deep-copied: what moby's Manager shows in
+	// its events and in docker plugin inspect.
+	plugintypes.Plugin
+	// SwarmServiceID is the ID of the swarm service that owns the plugin,
+	// set by the plugin.WithSwarmService option of the Pull that installed
+	// it (the controller passes it); "" for a plugin installed without
+	// it. A controller removes only a plugin its task's service owns.
+	SwarmServiceID string
+	// Refs is the plugin's reference count (v2.Plugin.GetRefCount): the
+	// Acquires not yet released, one per task that holds the plugin when
+	// the controller drives it.
+	Refs int
+}
+
+// Snapshot returns a copy of the plugin Get(name) would return: its API
+// object, the service that owns it and its reference count. It reads them
+// without racing with the Backend or with the code under test, so a test
+// may call it while controllers run. An unknown name fails as Get does
+// (NotFound). It is a test helper: it is neither recorded nor affected by
+// FailNext. Safe for concurrent use.
+func (b *Backend) Snapshot(name string) (Snapshot, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	p, err := b.store.GetV2Plugin(name)
 	if err != nil {
-		return plugintypes.Plugin{}, 0, err
+		return Snapshot{}, err
 	}
-	return snapshot(p), p.GetRefCount(), nil
+	s := snapshotOf(p)
+	s.Refs = p.GetRefCount() // takes the plugin's lock itself
+	return s, nil
 }
 
 // Pull installs the plugin ref resolves to under name, disabled, as moby's

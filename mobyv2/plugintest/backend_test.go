@@ -579,6 +579,55 @@ func TestPluginHelper(t *testing.T) {
 	assert.Check(t, is.Len(b.Calls(), 2), "Plugin is not recorded (Pull and Get are)")
 }
 
+// Snapshot shows the owning service next to the API object and the
+// reference count, as a copy the test may change.
+func TestSnapshot(t *testing.T) {
+	b := NewBackend()
+	_, err := b.Snapshot("vol")
+	assert.Check(t, cerrdefs.IsNotFound(err), "%v", err)
+
+	b.AddRemote("vol", Remote{Env: []string{"DEBUG=0"}})
+	owned := mustPull(t, b, "vol", "vol", plugin.WithSwarmService("svc-1"))
+	mustPull(t, b, "vol", "local")
+	owned.Acquire()
+	owned.Acquire()
+	defer owned.Release()
+	owned.Release()
+	assert.NilError(t, b.Enable("vol", enableConfig))
+	b.ResetCalls()
+
+	s, err := b.Snapshot(owned.GetID()[:8])
+	assert.NilError(t, err)
+	assert.Check(t, is.Equal(s.SwarmServiceID, "svc-1"))
+	assert.Check(t, is.Equal(s.Refs, 1))
+	assert.Check(t, is.Equal(s.ID, owned.GetID()))
+	assert.Check(t, is.Equal(s.Name, "vol:latest"))
+	assert.Check(t, s.Enabled)
+	assert.Check(t, is.DeepEqual(s.Settings.Env, []string{"DEBUG=0"}))
+
+	local, err := b.Snapshot("local")
+	assert.NilError(t, err)
+	assert.Check(t, is.Equal(local.SwarmServiceID, ""), "pulled without WithSwarmService")
+	assert.Check(t, is.Equal(local.Refs, 0))
+	assert.Check(t, !local.Enabled)
+
+	s.Settings.Env[0] = "DEBUG=changed"
+	again, err := b.Snapshot("vol")
+	assert.NilError(t, err)
+	assert.Check(t, is.DeepEqual(again.Settings.Env, []string{"DEBUG=0"}), "a snapshot is a copy")
+	obj, refs, err := b.Plugin("vol")
+	assert.NilError(t, err)
+	assert.Check(t, is.DeepEqual(obj, again.Plugin), "Plugin is Snapshot without the owner")
+	assert.Check(t, is.Equal(refs, again.Refs))
+	assert.Check(t, is.Len(b.Calls(), 0), "Snapshot and Plugin are not recorded")
+
+	b.FailNext("Get", errors.New("injected"))
+	_, err = b.Snapshot("vol")
+	assert.Check(t, is.Nil(err), "FailNext does not affect Snapshot")
+	_, err = b.Get("vol")
+	assert.Check(t, is.Error(err, "injected"), "the injected failure is left for Get")
+}
+
 func TestNilConfigPanics(t *testing.T) {
 	b := NewBackend()
 	mustPull(t, b, "vol", "vol")

@@ -27,7 +27,7 @@ func TestConcurrentUse(t *testing.T) {
 	b := NewBackend()
 	b.AddRemote("vol", Remote{Env: []string{"DEBUG=0"}})
 	b.AddRemote("vol:v2", Remote{Env: []string{"DEBUG=0"}})
-	a := mustPull(t, b, "vol", "a")
+	a := mustPull(t, b, "vol", "a", plugin.WithSwarmService("svc-a"))
 	mustPull(t, b, "vol", "b")
 	aID := a.GetID()
 
@@ -73,6 +73,13 @@ func TestConcurrentUse(t *testing.T) {
 		},
 		func(int) error {
 			_, _, err := b.Plugin("a")
+			return err
+		},
+		func(int) error {
+			s, err := b.Snapshot(aID)
+			if err == nil && (s.SwarmServiceID != "svc-a" || s.Name != "a:latest" || s.Refs < 0) {
+				err = fmt.Errorf("snapshot of a: owner %q, name %q, %d references", s.SwarmServiceID, s.Name, s.Refs)
+			}
 			return err
 		},
 		func(int) error { return b.Set("b", []string{"DEBUG=1"}) },

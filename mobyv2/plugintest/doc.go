@@ -8,17 +8,44 @@
 //	b := plugintest.NewBackend()
 //	b.AddRemote("vieux/sshfs", plugintest.Remote{Env: []string{"DEBUG=0"}})
 //	task := plugintest.NewTask("task-1", "svc-1", swarm.RuntimeSpec{Remote: "vieux/sshfs"})
+//	task.DesiredState = api.TaskStateRunning // NewTask leaves it NEW
 //	c, _ := plugin.NewController(b, task)
-//	// ... c.Prepare(ctx), c.Start(ctx) ...
-//	obj, refs, _ := b.Plugin("vieux/sshfs")
+//	err := plugintest.Drive(ctx, task, c, api.TaskStateRunning) // exec.Do, step by step
+//	s, _ := b.Snapshot("vieux/sshfs") // s.Enabled, s.Refs, s.SwarmServiceID, ...
 //
 // A Backend implements the controller's Backend interface (Pull, Upgrade,
 // Get, Enable, Disable, Remove, SubscribeEvents) and its optional Setter
 // (Set). Test helpers register remotes (AddRemote, MissingRemote), inject
 // failures (FailNext), record calls (Calls), wait for subscriptions
-// (WaitSubscribers, Subscribers) and take race-free snapshots (Plugin);
-// NewTask builds a plugin task the way the daemon encodes it. Every method
-// is safe for concurrent use.
+// (WaitSubscribers, Subscribers) and take race-free snapshots (Snapshot:
+// the plugin's API object, its owning service and its reference count;
+// Plugin without the owner); NewTask builds a plugin task the way the
+// daemon encodes it. Every method is safe for concurrent use.
+//
+// Drive takes a task through swarmkit's exec.Do the way the agent does,
+// step by step, assigning each status back to the task; ExampleDrive shows
+// a whole life: started, its Wait cancelled, shut down, removed.
+//
+// # Quiet logs
+//
+// A Controller logs at info level when it pulls, enables and removes a
+// plugin, through the logger of each call's context, which in a test is
+// logrus' standard logger (stderr): those lines show under go test -v.
+// Give the controller a logger of the test's own with plugin.WithLogger
+// (through an Executor: executor.WithControllerOptions(plugin.WithLogger(
+// ...))). logrus' hooks/test package makes one that writes nowhere and
+// keeps every entry, so a test can silence the lines and still check them
+// (the quietLogs example runs this):
+//
+//	logger, hook := logrustest.NewNullLogger() // github.com/sirupsen/logrus/hooks/test
+//	c, err := plugin.New(b, task, plugin.WithLogger(logrus.NewEntry(logger)))
+//	// ... drive the task ...
+//	hook.AllEntries() // "plugin pulled", "plugin enabled", with their fields
+//
+// To only silence them, the logger can be any *logrus.Logger whose output
+// is io.Discard; logger.SetLevel(logrus.DebugLevel) keeps the debug lines
+// of every step too. WithLogger covers the controller's lines only: exec.Do
+// logs through swarmkit's log.G(ctx) (a fatal step, say).
 //
 // # What it mirrors
 //
@@ -91,8 +118,8 @@
 // through the locking accessors are thus ordered with the fake's writes.
 // Reading PluginObj fields directly (or copying PluginObj) while the state
 // may change is still reported by -race, as it should be: it races with the
-// real Manager too. Events and Plugin hand out deep copies made under the
-// lock. State changes are also serialised by a Backend mutex, and events
+// real Manager too. Events, Snapshot and Plugin hand out deep copies made
+// under the lock. State changes are also serialised by a Backend mutex, and events
 // are published while it is held, so subscribers see them in state order.
 // The lock order is Backend mutex, then plugin lock; the fake never calls
 // out to user code (other than CreateOpts on a plugin nobody else can see

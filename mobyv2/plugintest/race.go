@@ -39,10 +39,18 @@ func pluginMu(p *v2.Plugin) *sync.RWMutex {
 // The copy shares no memory with the plugin (Set rewrites Settings in place
 // and the config holds pointers), so callers may keep and modify it.
 func snapshot(p *v2.Plugin) plugintypes.Plugin {
+	return snapshotOf(p).Plugin
+}
+
+// snapshotOf returns a deep copy of p.PluginObj and p's SwarmServiceID,
+// read under the plugin's lock; Refs is left 0. SwarmServiceID is written
+// only by the CreateOpts of Pull, before the plugin is published, but
+// reading it under the lock keeps that an implementation detail.
+func snapshotOf(p *v2.Plugin) Snapshot {
 	mu := pluginMu(p)
 	mu.RLock()
 	defer mu.RUnlock()
-	return deepCopy(p.PluginObj)
+	return Snapshot{Plugin: deepCopy(p.PluginObj), SwarmServiceID: p.SwarmServiceID}
 }
 
 // deepCopy copies a plugintypes.Plugin through its JSON form: every field of the

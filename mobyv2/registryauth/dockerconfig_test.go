@@ -61,9 +61,12 @@ func TestFromDockerConfigAuths(t *testing.T) {
 		{ref: "insecure.example.com/plugin", want: &registry.AuthConfig{IdentityToken: "idtok", ServerAddress: "http://insecure.example.com"}},
 		{ref: "tokens.example.com/plugin", want: &registry.AuthConfig{RegistryToken: "regtok", ServerAddress: "tokens.example.com"}},
 		{ref: "both.example.com/plugin", want: &registry.AuthConfig{Username: "authuser", Password: "authpass", ServerAddress: "both.example.com"}},
-		{ref: "mixedcase.example.com/plugin", want: &registry.AuthConfig{Username: "mixeduser", Password: "mixedpass", ServerAddress: "MixedCase.Example.com"}},
-		// Anonymous: placeholder entry, unknown host, other port, subdomain.
+		{ref: "MixedCase.Example.com/plugin", want: &registry.AuthConfig{Username: "mixeduser", Password: "mixedpass", ServerAddress: "MixedCase.Example.com"}},
+		// Anonymous: placeholder entry, unknown host, other port, subdomain,
+		// a host spelt in another case (the CLI matches keys
+		// case-sensitively).
 		{ref: "placeholder.example.com/plugin"},
+		{ref: "mixedcase.example.com/plugin"},
 		{ref: "unknown.example.com/plugin"},
 		{ref: "myreg.example.com:5001/plugin"},
 		{ref: "sub.myreg.example.com/plugin"},
@@ -74,29 +77,31 @@ func TestFromDockerConfigAuths(t *testing.T) {
 }
 
 func TestFromDockerConfigHubKeys(t *testing.T) {
-	// The CLI only uses the exact key; we also accept keys naming an alias.
+	// Like the CLI, Docker Hub credentials are found only under
+	// "https://index.docker.io/v1/": the key is not reduced to a host for
+	// Docker Hub, so no other spelling of it is found.
 	for _, key := range []string{"docker.io", "index.docker.io", "https://index.docker.io/v1", "https://registry-1.docker.io/"} {
 		path := writeConfig(t, `{"auths": {"`+key+`": {"username": "hub", "password": "pw"}}}`)
-		got := resolve(t, FromDockerConfig(path), "alpine")
-		assert.Check(t, is.DeepEqual(got, &registry.AuthConfig{Username: "hub", Password: "pw", ServerAddress: key}), key)
+		for _, ref := range []string{"alpine", "docker.io/vieux/sshfs", "index.docker.io/vieux/sshfs"} {
+			assert.Check(t, is.Nil(resolve(t, FromDockerConfig(path), ref)), "key %q, ref %q", key, ref)
+		}
 	}
 
-	// The exact CLI key wins over aliases, and among aliases the choice is
-	// deterministic.
+	// The exact CLI key is used for every spelling of Docker Hub in a
+	// reference that the CLI takes for Docker Hub: docker.io and
+	// index.docker.io. For the CLI, registry-1.docker.io is a registry of
+	// its own, looked up under its own name.
 	path := writeConfig(t, `{"auths": {
 		"registry-1.docker.io": {"username": "r1", "password": "pw"},
 		"https://index.docker.io/v1/": {"username": "exact", "password": "pw"},
 		"docker.io": {"username": "alias", "password": "pw"}
 	}}`)
-	assert.Check(t, is.Equal(resolve(t, FromDockerConfig(path), "alpine").Username, "exact"))
-	path = writeConfig(t, `{"auths": {
-		"registry-1.docker.io": {"username": "r1", "password": "pw"},
-		"index.docker.io": {"username": "index", "password": "pw"},
-		"docker.io": {"username": "alias", "password": "pw"}
-	}}`)
-	for range 20 { // map iteration order varies
-		assert.Check(t, is.Equal(resolve(t, FromDockerConfig(path), "alpine").Username, "alias"))
+	for _, ref := range []string{"alpine", "docker.io/library/alpine", "index.docker.io/vieux/sshfs"} {
+		assert.Check(t, is.DeepEqual(resolve(t, FromDockerConfig(path), ref),
+			&registry.AuthConfig{Username: "exact", Password: "pw", ServerAddress: "https://index.docker.io/v1/"}), ref)
 	}
+	assert.Check(t, is.DeepEqual(resolve(t, FromDockerConfig(path), "registry-1.docker.io/library/alpine"),
+		&registry.AuthConfig{Username: "r1", Password: "pw", ServerAddress: "registry-1.docker.io"}))
 }
 
 func TestFromDockerConfigAnonymousFiles(t *testing.T) {
@@ -180,9 +185,11 @@ func TestFromDockerConfigCredHelpers(t *testing.T) {
 	// Other hosts (here: another port) use credsStore.
 	assert.Check(t, is.Equal(resolve(t, auth, "myreg.example.com:5000/plugin").Username, "teststore-user"))
 	assert.Check(t, is.Equal(resolve(t, auth, "alpine").Username, "teststore-user"))
-	// credHelpers keys are matched by host as a fallback; the helper is
-	// asked for the CLI's key (the bare host).
-	assert.Check(t, is.Equal(resolve(t, auth, "token.example.com/plugin").IdentityToken, "testhelper-idtoken"))
+	// Like the CLI, credHelpers keys are matched exactly:
+	// "https://token.example.com/v1/" does not name token.example.com's
+	// helper, so credsStore answers.
+	assert.Check(t, is.DeepEqual(resolve(t, auth, "token.example.com/plugin"),
+		&registry.AuthConfig{IdentityToken: "teststore-idtoken", ServerAddress: "token.example.com"}))
 	// An empty helper name selects the auths entries, bypassing credsStore.
 	assert.Check(t, is.DeepEqual(resolve(t, auth, "plain.example.com/plugin"),
 		&registry.AuthConfig{Username: "fileuser", Password: "filepass", ServerAddress: "plain.example.com"}))
@@ -191,7 +198,7 @@ func TestFromDockerConfigCredHelpers(t *testing.T) {
 		"testhelper myreg.example.com",
 		"teststore myreg.example.com:5000",
 		"teststore https://index.docker.io/v1/",
-		"testhelper token.example.com",
+		"teststore token.example.com",
 	}))
 }
 
@@ -239,4 +246,29 @@ func TestFromDockerConfigConcurrent(t *testing.T) {
 		t.Errorf("unexpected result (err=%v)", err)
 	}
 	assert.Check(t, is.Len(calls(), workers*2))
+}
+
+// TestFromDockerConfigHelperKeepsRegistryToken: like the CLI's credential
+// store, a helper's answer replaces the username, password and identity
+// token of the host's "auths" entry and keeps its registry token, even
+// when the helper has no credentials for the host.
+func TestFromDockerConfigHelperKeepsRegistryToken(t *testing.T) {
+	withHelpers(t)
+	path := writeConfig(t, `{
+	"auths": {
+		"myreg.example.com": {"username": "fileuser", "password": "filepass", "registrytoken": "rt1"},
+		"https://token.example.com/v1/": {"identitytoken": "fileidtok", "registrytoken": "rt2"},
+		"unknown.example.com": {"username": "fileuser", "password": "filepass", "registrytoken": "rt3"}
+	},
+	"credsStore": "`+storeHelper+`"
+}`)
+	auth := FromDockerConfig(path)
+	assert.Check(t, is.DeepEqual(resolve(t, auth, "myreg.example.com/plugin"),
+		&registry.AuthConfig{Username: "teststore-user", Password: "teststore-secret", RegistryToken: "rt1", ServerAddress: "myreg.example.com"}))
+	assert.Check(t, is.DeepEqual(resolve(t, auth, "token.example.com/plugin"),
+		&registry.AuthConfig{IdentityToken: "teststore-idtoken", RegistryToken: "rt2", ServerAddress: "token.example.com"}))
+	// "credentials not found": only the registry token is left, and the
+	// CLI's store leaves no ServerAddress either.
+	assert.Check(t, is.DeepEqual(resolve(t, auth, "unknown.example.com/plugin"),
+		&registry.AuthConfig{RegistryToken: "rt3"}))
 }

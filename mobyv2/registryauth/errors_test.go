@@ -17,7 +17,7 @@ import (
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/distribution/reference"
-	"github.com/docker/docker-credential-helpers/client"
+	"github.com/docker/cli/cli/config/configfile"
 	"github.com/moby/moby/api/types/registry"
 	"gotest.tools/v3/assert"
 	is "gotest.tools/v3/assert/cmp"
@@ -70,6 +70,34 @@ func assertNoSecrets(t *testing.T, err error, secrets ...string) {
 	}
 }
 
+// errorClasses are the causes every error of this package ends with: its
+// errdefs class, or the context's error.
+var errorClasses = []error{
+	cerrdefs.ErrInvalidArgument, cerrdefs.ErrPermissionDenied, cerrdefs.ErrFailedPrecondition,
+	cerrdefs.ErrUnavailable, context.Canceled, context.DeadlineExceeded, cerrdefs.ErrUnknown,
+}
+
+// assertErrorStyle checks the one message style of this package:
+// "registryauth: <what>: <cause>: <class>", each cause after ": " as
+// fmt.Errorf("...: %w") writes it, the class last and never in parentheses.
+func assertErrorStyle(t *testing.T, err error) {
+	t.Helper()
+	msg := err.Error()
+	assert.Check(t, strings.HasPrefix(msg, "registryauth: "), msg)
+	var class error
+	for _, c := range errorClasses {
+		if errors.Is(err, c) {
+			class = c
+			break
+		}
+	}
+	assert.Assert(t, class != nil, "unclassified error: %s", msg)
+	assert.Check(t, strings.HasSuffix(msg, ": "+class.Error()), "class not last: %s", msg)
+	for _, c := range errorClasses {
+		assert.Check(t, !strings.Contains(msg, "("+c.Error()+")"), "class in parentheses: %s", msg)
+	}
+}
+
 func TestErrorsNeverContainSecrets(t *testing.T) {
 	withHelpers(t)
 	dir := t.TempDir()
@@ -119,7 +147,7 @@ func TestErrorsNeverContainSecrets(t *testing.T) {
 			name:     "config: truncated JSON",
 			call:     fromConfigErr(context.Background(), cfgFile(`{"auths": {`+decoyAuths+`, "myreg.example.com": {"password": "`+pwSecret), "myreg.example.com/p"),
 			class:    cerrdefs.IsInvalidArgument,
-			mentions: []string{"config.json", "truncated JSON"},
+			mentions: []string{"config.json", `registry "myreg.example.com"`, "truncated JSON"},
 			extra: func(t *testing.T, err error) {
 				assert.Check(t, errors.Is(err, io.ErrUnexpectedEOF))
 			},
@@ -128,13 +156,13 @@ func TestErrorsNeverContainSecrets(t *testing.T) {
 			name:     "config: syntax error at the secret",
 			call:     fromConfigErr(context.Background(), cfgFile(`{"auths": {`+decoyAuths+`, "myreg.example.com": {"password": `+pwSecret+`}}}`), "myreg.example.com/p"),
 			class:    cerrdefs.IsInvalidArgument,
-			mentions: []string{"config.json", "malformed JSON at byte offset"},
+			mentions: []string{"config.json", `registry "myreg.example.com"`, "malformed JSON at byte offset"},
 		},
 		{
 			name:     "config: numeric password",
 			call:     fromConfigErr(context.Background(), cfgFile(`{"auths": {`+decoyAuths+`, "myreg.example.com": {"password": `+numericSecret+`}}}`), "myreg.example.com/p"),
 			class:    cerrdefs.IsInvalidArgument,
-			mentions: []string{"config.json", "wrong type at byte offset"},
+			mentions: []string{"config.json", `registry "myreg.example.com"`, "wrong type at byte offset"},
 		},
 		{
 			name:     "config: auth is not base64",
@@ -145,6 +173,13 @@ func TestErrorsNeverContainSecrets(t *testing.T) {
 				var corrupt base64.CorruptInputError
 				assert.Check(t, errors.As(err, &corrupt))
 			},
+		},
+		{
+			// Like the CLI's LoadFromReader, one bad entry spoils the file.
+			name:     "config: another registry's auth is not base64",
+			call:     fromConfigErr(context.Background(), cfgFile(`{"auths": {`+decoyAuths+`, "other.example.com": {"auth": "`+pwSecret+`!!"}}}`), "alpine"),
+			class:    cerrdefs.IsInvalidArgument,
+			mentions: []string{"config.json", `registry "docker.io"`, "base64"},
 		},
 		{
 			name:     "config: auth without colon",
@@ -162,13 +197,13 @@ func TestErrorsNeverContainSecrets(t *testing.T) {
 			name:     "config: path is a directory",
 			call:     fromConfigErr(context.Background(), dir, "alpine"),
 			class:    cerrdefs.IsInvalidArgument,
-			mentions: []string{dir, "directory"},
+			mentions: []string{dir, `registry "docker.io"`, "directory"},
 		},
 		{
 			name:     "config: path below a regular file",
 			call:     fromConfigErr(context.Background(), filepath.Join(regularFile, "config.json"), "alpine"),
 			class:    cerrdefs.IsUnknown,
-			mentions: []string{regularFile},
+			mentions: []string{regularFile, `registry "docker.io"`},
 			extra: func(t *testing.T, err error) {
 				var pathErr *os.PathError
 				assert.Check(t, errors.As(err, &pathErr))
@@ -189,12 +224,12 @@ func TestErrorsNeverContainSecrets(t *testing.T) {
 			name:     "helper: fails, printing a secret",
 			call:     fromConfigErr(context.Background(), withStore(storeHelper), "fail.example.com/p"),
 			class:    cerrdefs.IsUnavailable,
-			mentions: []string{`"docker-credential-teststore"`, `registry "fail.example.com"`, "exit status 1"},
+			mentions: []string{"config.json", `"docker-credential-teststore"`, `registry "fail.example.com"`, "failed"},
 			extra: func(t *testing.T, err error) {
-				var exitErr *exec.ExitError
-				assert.Check(t, errors.As(err, &exitErr))
-				// The premise: client.Get's own error quotes the helper's output.
-				_, raw := client.Get(client.NewShellProgramFunc("docker-credential-"+storeHelper), "fail.example.com")
+				// The premise: the CLI's own error quotes the helper's output.
+				cfg := configfile.New("")
+				cfg.CredentialsStore = storeHelper
+				_, raw := cfg.GetAuthConfig("fail.example.com")
 				assert.Check(t, is.ErrorContains(raw, helperLeakSecret))
 			},
 		},
@@ -202,13 +237,13 @@ func TestErrorsNeverContainSecrets(t *testing.T) {
 			name:     "helper: malformed response containing a secret",
 			call:     fromConfigErr(context.Background(), withStore(storeHelper), "garbage.example.com/p"),
 			class:    cerrdefs.IsFailedPrecondition,
-			mentions: []string{`"docker-credential-teststore"`, `registry "garbage.example.com"`, "malformed response"},
+			mentions: []string{"config.json", `"docker-credential-teststore"`, `registry "garbage.example.com"`, "malformed response"},
 		},
 		{
 			name:     "helper: not installed",
 			call:     fromConfigErr(context.Background(), withStore("not-installed"), "myreg.example.com/p"),
 			class:    cerrdefs.IsFailedPrecondition,
-			mentions: []string{`"docker-credential-not-installed"`, `registry "myreg.example.com"`},
+			mentions: []string{"config.json", `"docker-credential-not-installed"`, `registry "myreg.example.com"`},
 			extra: func(t *testing.T, err error) {
 				assert.Check(t, errors.Is(err, exec.ErrNotFound))
 			},
@@ -223,13 +258,13 @@ func TestErrorsNeverContainSecrets(t *testing.T) {
 			name:     "helper: context canceled",
 			call:     fromConfigErr(canceled, withStore(storeHelper), "myreg.example.com/p"),
 			class:    func(err error) bool { return errors.Is(err, context.Canceled) },
-			mentions: []string{`registry "myreg.example.com"`},
+			mentions: []string{"config.json", `registry "myreg.example.com"`},
 		},
 		{
 			name:     "helper: context deadline exceeded",
 			call:     fromConfigErr(expired, withStore(storeHelper), "myreg.example.com/p"),
 			class:    func(err error) bool { return errors.Is(err, context.DeadlineExceeded) },
-			mentions: []string{`registry "myreg.example.com"`},
+			mentions: []string{"config.json", `registry "myreg.example.com"`},
 		},
 		{
 			name:     "encoded: not base64",
@@ -251,6 +286,12 @@ func TestErrorsNeverContainSecrets(t *testing.T) {
 			name:  "encoded: truncated",
 			call:  fromEncodedErr(encode(`{"identitytoken": "` + idTokenSecret)),
 			class: cerrdefs.IsInvalidArgument,
+		},
+		{
+			name:     "encoded: server address without a host",
+			call:     fromEncodedErr(encode(`{"password": "` + pwSecret + `", "serveraddress": "https://"}`)),
+			class:    cerrdefs.IsInvalidArgument,
+			mentions: []string{"server address"},
 		},
 		{
 			name: "static: empty host",
@@ -296,7 +337,7 @@ func TestErrorsNeverContainSecrets(t *testing.T) {
 			err := tc.call()
 			assert.Assert(t, err != nil)
 			t.Log(err)
-			assert.Check(t, strings.HasPrefix(err.Error(), "registryauth: "), err.Error())
+			assertErrorStyle(t, err)
 			assert.Check(t, tc.class(err), "wrong classification: %v", err)
 			for _, m := range tc.mentions {
 				assert.Check(t, is.ErrorContains(err, m))

@@ -71,6 +71,7 @@ func ExampleFromEncoded() {
 	if err != nil {
 		panic(err)
 	}
+	// The credentials go to the header's registry only.
 	show(auth, "registry.example.com/team/volume-plugin", "vieux/sshfs")
 
 	// Errors never repeat the header.
@@ -78,8 +79,8 @@ func ExampleFromEncoded() {
 	fmt.Println(err)
 	// Output:
 	// registry.example.com/team/volume-plugin: user "deploy" for registry.example.com
-	// vieux/sshfs: user "deploy" for registry.example.com
-	// registryauth: invalid encoded registry auth: malformed JSON at byte offset 2 (invalid argument)
+	// vieux/sshfs: anonymous
+	// registryauth: invalid encoded registry auth: malformed JSON at byte offset 2: invalid argument
 }
 
 func ExampleFromDockerConfig() {

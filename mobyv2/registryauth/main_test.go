@@ -41,8 +41,9 @@ const helperLeakSecret = "HELPER-OUTPUT-S3CRET-7f3a"
 // helper protocol. Like real helpers (credentials.Serve) it reports errors,
 // including "credentials not found", on stdout with exit status 1.
 // Its answers depend on the server URL and on its own name, so tests can
-// tell which helper was used. Every call is logged to
-// $REGISTRYAUTH_TEST_HELPER_LOG as "<name> <server URL>".
+// tell which helper was used; with $REGISTRYAUTH_TEST_HELPER_ECHO set it
+// answers every server URL with the username "<name>@<server URL>". Every
+// call is logged to $REGISTRYAUTH_TEST_HELPER_LOG as "<name> <server URL>".
 const fakeHelperSource = `package main
 
 import (
@@ -77,12 +78,16 @@ func main() {
 	answer := func(user, secret string) {
 		_ = json.NewEncoder(os.Stdout).Encode(map[string]string{"ServerURL": server, "Username": user, "Secret": secret})
 	}
+	if os.Getenv("REGISTRYAUTH_TEST_HELPER_ECHO") != "" {
+		answer(name+"@"+server, name+"-secret")
+		return
+	}
 	switch server {
-	case "https://index.docker.io/v1/", "myreg.example.com", "myreg.example.com:5000":
+	case "https://index.docker.io/v1/", "myreg.example.com", "myreg.example.com:5000", "localhost:5000", "127.0.0.2":
 		answer(name+"-user", name+"-secret")
-	case "token.example.com":
+	case "token.example.com", "127.0.0.3:5000":
 		answer("<token>", name+"-idtoken")
-	case "empty.example.com":
+	case "empty.example.com", "127.0.0.4":
 		answer("", "")
 	case "fail.example.com":
 		fmt.Println("backend exploded while handling HELPER_SECRET")
@@ -155,6 +160,19 @@ func buildHelpers() (string, error) {
 		helperDir = bin
 	})
 	return helperDir, helperErr
+}
+
+// installHelper installs the fake helper as docker-credential-<name> in a
+// directory of its own, which it returns.
+func installHelper(t *testing.T, name string) string {
+	t.Helper()
+	dir, err := buildHelpers()
+	assert.NilError(t, err)
+	data, err := os.ReadFile(filepath.Join(dir, "docker-credential-"+storeHelper+exeSuffix()))
+	assert.NilError(t, err)
+	own := t.TempDir()
+	assert.NilError(t, os.WriteFile(filepath.Join(own, "docker-credential-"+name+exeSuffix()), data, 0o755))
+	return own
 }
 
 // withHelpers makes the fake helpers the first ones found in PATH for the

@@ -11,6 +11,17 @@
 //
 // Every call returns a freshly allocated AuthConfig, so callers may modify it.
 //
+// [Static] holds one registry's credentials, [FromEncoded] those of an
+// X-Registry-Auth value, and [FromDockerConfig] resolves them from a docker
+// CLI config.json with the CLI's own code (github.com/docker/cli/cli/config),
+// credential helpers included, as "docker pull" would.
+//
+// # Credentials go only to their registry
+//
+// No Func of this package returns one registry's credentials for a
+// reference on another registry; the only exception is FromEncoded given a
+// header without ServerAddress, which names no registry (see its warning).
+//
 // # Secrets and errors
 //
 // Passwords, identity tokens, registry tokens and encoded X-Registry-Auth
@@ -22,9 +33,13 @@
 // which may be part of a password; some UnmarshalTypeErrors print numeric
 // literals) and the standard library makes no promise to quote less; they
 // are replaced by a message carrying only the byte offset. Likewise the
-// output of a failing credential helper, which
-// docker-credential-helpers/client quotes verbatim in its errors, is
-// discarded. The package does not log.
+// error of a failing credential helper, in which the CLI's credential store
+// (through docker-credential-helpers/client) quotes the helper's output
+// verbatim, is discarded. The package does not log.
+//
+// Messages read "registryauth: <what>: <cause>: <class>": each cause
+// follows ": ", as fmt.Errorf("...: %w") writes it, and the class (or the
+// context's error) comes last.
 //
 // # Error classification
 //
@@ -35,19 +50,24 @@
 //   - errdefs.ErrInvalidArgument: caller or configuration mistakes that
 //     a retry cannot fix: an empty host or path, a nil reference, a config
 //     path that is a directory, a config file or encoded header that is not
-//     valid JSON/base64, a malformed "auth" entry, a credential helper name
-//     containing a path separator.
+//     valid JSON/base64, a malformed "auth" field (in any "auths" entry of
+//     the file: like the CLI, the whole file is decoded), a header whose
+//     ServerAddress names no host, a credential helper name containing a
+//     path separator.
 //   - errdefs.ErrPermissionDenied: the config file exists but may not be
 //     read (wraps the [io/fs.ErrPermission] cause).
 //   - errdefs.ErrFailedPrecondition: the configured credential helper
 //     cannot be used at all: the docker-credential-<name> program is not
-//     found or not executable (wraps the [os/exec.Error]), or it exited
-//     successfully but printed something that is not a credentials
+//     found in PATH or not executable (wraps the [os/exec.Error]), or it
+//     exited successfully but printed something that is not a credentials
 //     response. The host has to be fixed; retrying will not help.
-//   - errdefs.ErrUnavailable: the helper ran and exited with an error
-//     other than "credentials not found" (wraps the [os/exec.ExitError]).
-//     Helpers front keychains, secret services and cloud APIs that may be
-//     locked or unreachable for a while, so this is treated as transient.
+//   - errdefs.ErrUnavailable: the helper failed to run or exited with an
+//     error other than "credentials not found". Helpers front keychains,
+//     secret services and cloud APIs that may be locked or unreachable for
+//     a while, so this is treated as transient. Nothing is wrapped: the
+//     CLI's credential store reports the failure only as text that quotes
+//     the helper's output. What the helper wrote to its standard error has
+//     gone to this process's standard error.
 //   - errdefs.ErrUnknown: any other failure to read the config file
 //     (wraps the underlying I/O error).
 //
@@ -56,7 +76,7 @@
 // Funcs from FromDockerConfig check ctx when called and again right before
 // running a credential helper; a done context yields an error wrapping
 // ctx.Err() and no helper is started. A helper that is already running is
-// not interrupted (the credential-helper client offers no way to do so);
+// not interrupted (the CLI's credential store runs it without a context);
 // helpers are expected to answer quickly. Funcs from Static and FromEncoded
 // never block and ignore ctx.
 package registryauth
@@ -74,20 +94,12 @@ import (
 	"github.com/distribution/reference"
 	"github.com/moby/moby/api/pkg/authconfig"
 	"github.com/moby/moby/api/types/registry"
+	dockerregistry "github.com/moby/moby/v2/daemon/pkg/registry"
 )
 
 // Func is the signature plugin.WithRegistryAuth accepts. It returns the
 // credentials to use for pulling ref, or nil for an anonymous pull.
 type Func = func(ctx context.Context, ref reference.Named) (*registry.AuthConfig, error)
-
-const (
-	// hubHost is the normalised name of Docker Hub (registry.IndexName).
-	hubHost = "docker.io"
-	// hubConfigKey is the key under which the docker CLI stores Docker Hub
-	// credentials, both in config.json and in credential helpers
-	// (registry.IndexServer).
-	hubConfigKey = "https://index.docker.io/v1/"
-)
 
 // normalizeHost reduces a registry address to the form used for matching,
 // the way the docker CLI's ConvertToHostname does: any scheme and path are
@@ -107,7 +119,7 @@ func normalizeHost(addr string) string {
 	h = strings.ToLower(h)
 	switch h {
 	case "docker.io", "index.docker.io", "registry-1.docker.io":
-		return hubHost
+		return dockerregistry.IndexName
 	}
 	return h
 }
@@ -120,15 +132,6 @@ func refHost(ref reference.Named) (host, norm string, err error) {
 	}
 	host = reference.Domain(ref)
 	return host, normalizeHost(host), nil
-}
-
-// configKey returns the key the docker CLI uses to look up credentials for a
-// registry: registry.IndexServer for Docker Hub, the host otherwise.
-func configKey(host, norm string) string {
-	if norm == hubHost {
-		return hubConfigKey
-	}
-	return host
 }
 
 // Static returns a Func that answers cfg for references whose registry host
@@ -155,7 +158,10 @@ func Static(host string, cfg registry.AuthConfig) Func {
 		}
 	}
 	if cfg.ServerAddress == "" {
-		cfg.ServerAddress = configKey(want, want)
+		cfg.ServerAddress = want
+		if want == dockerregistry.IndexName {
+			cfg.ServerAddress = dockerregistry.IndexServer
+		}
 	}
 	return func(_ context.Context, ref reference.Named) (*registry.AuthConfig, error) {
 		_, norm, err := refHost(ref)
@@ -170,15 +176,26 @@ func Static(host string, cfg registry.AuthConfig) Func {
 	}
 }
 
-// FromEncoded returns a Func that answers the credentials encoded in header
-// (an X-Registry-Auth value: base64url-encoded JSON) for every reference.
-// The header is decoded once, with docker's own
-// authconfig.Decode. An empty header, or one that decodes to a
-// config without any credentials, yields anonymous pulls.
+// FromEncoded returns a Func for the credentials encoded in header, an
+// X-Registry-Auth value (base64url-encoded JSON), decoded once with
+// docker's own authconfig.Decode.
 //
-// A header that cannot be decoded is reported with an error wrapping
-// errdefs.ErrInvalidArgument; neither the header nor any part of its
-// decoded content appears in that error.
+// If the header names a registry in its ServerAddress (the docker CLI
+// always sets it), its credentials are returned only for references on
+// that registry, and nil (anonymous) for every other: it behaves as
+// Static(ServerAddress, decoded config), with the same host normalisation
+// and Docker Hub aliases. A ServerAddress from which no host can be taken
+// (such as "https://") is an error wrapping errdefs.ErrInvalidArgument.
+//
+// WARNING: a header without ServerAddress carries no registry, so its
+// credentials are returned for every reference, whatever its registry:
+// used executor-wide, they are sent to any registry a plugin is pulled
+// from, Docker Hub included. Set ServerAddress unless that is intended.
+//
+// An empty header, or one that decodes to a config without any
+// credentials, yields anonymous pulls. A header that cannot be decoded is
+// reported with an error wrapping errdefs.ErrInvalidArgument; neither the
+// header nor any part of its decoded content appears in that error.
 func FromEncoded(header string) (Func, error) {
 	cfg, err := authconfig.Decode(header)
 	if err != nil {
@@ -188,18 +205,24 @@ func FromEncoded(header string) (Func, error) {
 			// classify.
 			err = b64Err
 		}
-		return nil, fmt.Errorf("registryauth: invalid encoded registry auth: %w (%w)", redactDecodeError(err), cerrdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("registryauth: invalid encoded registry auth: %w: %w", redactDecodeError(err), cerrdefs.ErrInvalidArgument)
 	}
-	if !hasCredentials(cfg) {
+	switch {
+	case !hasCredentials(cfg):
 		return func(context.Context, reference.Named) (*registry.AuthConfig, error) {
 			return nil, nil
 		}, nil
+	case cfg.ServerAddress == "":
+		saved := *cfg
+		return func(context.Context, reference.Named) (*registry.AuthConfig, error) {
+			c := saved // copy: callers may modify the result
+			return &c, nil
+		}, nil
+	case normalizeHost(cfg.ServerAddress) == "":
+		return nil, fmt.Errorf("registryauth: invalid encoded registry auth: server address names no registry host: %w", cerrdefs.ErrInvalidArgument)
+	default:
+		return Static(cfg.ServerAddress, *cfg), nil
 	}
-	saved := *cfg
-	return func(context.Context, reference.Named) (*registry.AuthConfig, error) {
-		c := saved // copy: callers may modify the result
-		return &c, nil
-	}, nil
 }
 
 // hasCredentials reports whether cfg carries anything to authenticate with.

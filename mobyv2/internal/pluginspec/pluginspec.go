@@ -27,7 +27,7 @@
 //
 // Decode accepts exactly the payloads that moby v28.3.0's generated
 // Unmarshal accepts, with the same result, and Encode produces the same
-// bytes as its generated Marshal; the tests in pluginspec_gogo_test.go
+// bytes as its generated Marshal; the tests in generated_test.go
 // (built only where the generated code exists) prove both.
 package pluginspec
 
