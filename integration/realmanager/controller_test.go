@@ -6,6 +6,7 @@ package realmanager_test
 
 import (
 	"os"
+	"slices"
 	"testing"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -381,7 +382,7 @@ func TestEnv(t *testing.T) {
 	e.runTo(old, oldC, api.TaskStateRunning)
 	p := e.get(pluginName)
 	id := p.GetID()
-	assert.Check(t, is.DeepEqual(p.PluginObj.Settings.Env, []string{"DEBUG=1"}))
+	assert.Check(t, is.DeepEqual(slices.Sorted(slices.Values(p.PluginObj.Settings.Env)), []string{"DEBUG=1", "MODE=ro"}))
 	e.shutdown(old, oldC)
 
 	spec = pluginSpec(v2ref)
@@ -392,7 +393,7 @@ func TestEnv(t *testing.T) {
 	q := e.get(pluginName)
 	assert.Check(t, is.Equal(q.GetID(), id))
 	assert.Check(t, is.Equal(q.PluginObj.PluginReference, v2ref))
-	assert.Check(t, is.DeepEqual(q.PluginObj.Settings.Env, []string{"DEBUG=2"}))
+	assert.Check(t, is.DeepEqual(slices.Sorted(slices.Values(q.PluginObj.Settings.Env)), []string{"DEBUG=2", "MODE=ro"}))
 	e.assertRunning(q)
 
 	// Only the Env changes, same remote.
@@ -403,7 +404,7 @@ func TestEnv(t *testing.T) {
 	e.runTo(again, againC, api.TaskStateRunning)
 	q = e.get(pluginName)
 	assert.Check(t, is.Equal(q.GetID(), id))
-	assert.Check(t, is.DeepEqual(q.PluginObj.Settings.Env, []string{"DEBUG=3"}))
+	assert.Check(t, is.DeepEqual(slices.Sorted(slices.Values(q.PluginObj.Settings.Env)), []string{"DEBUG=3", "MODE=ro"}))
 	e.assertRunning(q)
 
 	for _, c := range []exec.Controller{oldC, updC, againC} {
