@@ -1973,3 +1973,156 @@ func TestCancelledPrepareStopsWaitingForThePluginLock(t *testing.T) {
 	_, _, found := state(t, fake, name)
 	assert.Assert(t, !found)
 }
+
+// ---- Env entries the Manager's Set cannot take --------------------------------------------
+
+// envRemote declares LEVEL settable and MODE fixed, like a config.json
+// with a "settable": ["value"] entry and one without.
+var envRemote = plugintest.Remote{Env: []string{"LEVEL=info"}, FixedEnv: []string{"MODE=ro"}}
+
+// envWarnings returns the log lines that name skipped env keys.
+func envWarnings(logs *logCapture) []string {
+	logs.mu.Lock()
+	defer logs.mu.Unlock()
+	var out []string
+	for _, l := range logs.lines {
+		if strings.Contains(l, "level=warn") && strings.Contains(l, "env") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// TestEnvEntriesSetCannotTakeAreSkipped: moby's own TestServicePlugin env
+// ("baz", "foo=bar"), an undeclared key, and a key the config fixes are
+// never handed to Set, which would refuse them and leave the plugin
+// disabled; the settable change is applied; each task logs the skipped
+// keys once, at warn, without their values.
+func TestEnvEntriesSetCannotTakeAreSkipped(t *testing.T) {
+	ctx, logs := captureLogs()
+	b := plugintest.NewBackend()
+	b.AddRemote(remote, envRemote)
+	b.AddRemote(remote2, envRemote)
+	started(t, ctx, b, "task-1", spec(remote, false))
+
+	s := spec(remote2, false)
+	s.Env = []string{"baz", "foo=bar", "MODE=rw", "LEVEL=debug"}
+	c2 := newController(t, b, "task-2", s)
+	assert.NilError(t, c2.Prepare(ctx))
+	assert.NilError(t, c2.Prepare(ctx), "retried")
+	assert.NilError(t, c2.Start(ctx))
+
+	p, _, _ := state(t, b, name)
+	assert.Assert(t, p.Enabled)
+	assert.Equal(t, p.PluginReference, remote2)
+	assert.Assert(t, is.Contains(p.Settings.Env, "LEVEL=debug"))
+	assert.Assert(t, is.Contains(p.Settings.Env, "MODE=ro"))
+	for _, c := range b.Calls() {
+		if c.Method == "Set" {
+			assert.DeepEqual(t, c.Args, []string{"LEVEL=debug"})
+			assert.NilError(t, c.Err)
+		}
+	}
+	assert.Equal(t, countCalls(b, "Set"), 1)
+
+	warnings := envWarnings(logs)
+	assert.Assert(t, is.Len(warnings, 1), "once per task: %v", warnings)
+	w := warnings[0]
+	assert.Assert(t, strings.Contains(w, "task=task-2"), w)
+	for _, k := range []string{"baz", "foo", "MODE"} {
+		assert.Assert(t, strings.Contains(w, k), "key %s not named: %s", k, w)
+	}
+	for _, v := range []string{"bar", "rw", "LEVEL", "debug"} {
+		assert.Assert(t, !strings.Contains(w, v), "%q in %s", v, w)
+	}
+
+	// Another task of the same spec logs its own line.
+	started(t, ctx, b, "task-3", s)
+	assert.Assert(t, is.Len(envWarnings(logs), 2))
+}
+
+// TestPinnedRemoteWithUnsettableEnvIsLeftAlone: when nothing the plugin
+// can take differs, Prepare decides so before disabling anything.
+func TestPinnedRemoteWithUnsettableEnvIsLeftAlone(t *testing.T) {
+	ctx := context.Background()
+	b := plugintest.NewBackend()
+	pinned := "example.com/acme/vol@sha256:" + strings.Repeat("12", 32)
+	b.AddRemote(pinned, envRemote)
+	started(t, ctx, b, "task-1", spec(pinned, false))
+	b.ResetCalls()
+
+	s := spec(pinned, false)
+	s.Env = []string{"baz", "foo=bar", "MODE=rw", "LEVEL=info"}
+	started(t, ctx, b, "task-2", s)
+	for _, m := range methods(b) {
+		assert.Equal(t, m, "Get", "the plugin must be left alone: %v", methods(b))
+	}
+	p, _, _ := state(t, b, name)
+	assert.Assert(t, p.Enabled)
+}
+
+// TestFailedSetReenables: an env change that fails after the disable leaves
+// the plugin enabled, as it was.
+func TestFailedSetReenables(t *testing.T) {
+	ctx := context.Background()
+	b := plugintest.NewBackend()
+	pinned := "example.com/acme/vol@sha256:" + strings.Repeat("34", 32)
+	b.AddRemote(pinned, envRemote)
+	started(t, ctx, b, "task-1", spec(pinned, false))
+
+	b.FailNext("Set", errors.New("disk full"))
+	s := spec(pinned, false)
+	s.Env = []string{"LEVEL=debug"}
+	err := newController(t, b, "task-2", s).Prepare(ctx)
+	assert.ErrorContains(t, err, "disk full")
+	p, _, _ := state(t, b, name)
+	assert.Assert(t, p.Enabled, "re-enabled after the failed Set")
+	assert.Assert(t, is.Contains(p.Settings.Env, "LEVEL=info"))
+	assert.Equal(t, countCalls(b, "Disable"), 1)
+}
+
+// TestOtherUsers: under a reference that is not one of the service's tasks
+// (a volume), an upgrade goes ahead as stock dockerd does it (force-disable,
+// upgrade, Start enables again, the other users counted in a warn line),
+// while a Disabled spec is refused with the temporary ErrPluginInUse at
+// Prepare, before any upgrade, and at Start, the reason in the task's
+// status.
+func TestOtherUsers(t *testing.T) {
+	ctx, logs := captureLogs()
+	b := plugintest.NewBackend()
+	started(t, ctx, b, "task-1", spec(remote, false))
+	pl, err := b.Get(name)
+	assert.NilError(t, err)
+	pl.Acquire() // a volume
+	defer pl.Release()
+
+	b.ResetCalls()
+	tk := task(t, "task-2", service, spec(remote2, true))
+	tk.DesiredState = api.TaskStateRunning
+	tk.Status.State = api.TaskStatePreparing
+	c2, err := plugin.NewController(b, tk)
+	assert.NilError(t, err)
+	st, err := exec.Do(ctx, tk, c2)
+	assert.ErrorIs(t, err, exec.ErrTaskRetry)
+	assert.Equal(t, st.State, api.TaskStatePreparing)
+	assert.Assert(t, strings.Contains(st.Err, "plugin is in use"), st.Err)
+	assert.ErrorIs(t, c2.Start(ctx), plugin.ErrPluginInUse)
+	assert.DeepEqual(t, methods(b), []string{"Get", "Get"})
+	p, _, _ := state(t, b, name)
+	assert.Assert(t, p.Enabled)
+	assert.Equal(t, p.PluginReference, remote)
+
+	c3 := newController(t, b, "task-3", spec(remote2, false))
+	assert.NilError(t, c3.Prepare(ctx))
+	p, _, _ = state(t, b, name)
+	assert.Equal(t, p.PluginReference, remote2)
+	assert.NilError(t, c3.Start(ctx))
+	p, refs, _ := state(t, b, name)
+	assert.Assert(t, p.Enabled)
+	assert.Equal(t, refs, 4)
+	var warned bool
+	for _, l := range logs.lines {
+		warned = warned || (strings.Contains(l, "level=warn") && strings.Contains(l, "references=1"))
+	}
+	assert.Assert(t, warned, "the other users are counted at warn: %v", logs.lines)
+}
