@@ -1545,16 +1545,17 @@ func cause(err error) error {
 // tells exec.Do to retry it, not to reject or fail the task.
 func TestStepCutShortByItsContextIsRetried(t *testing.T) {
 	ctx := context.Background()
-	// do runs one exec.Do step of tk whose context the Backend's next
-	// call of method ends, and records the status in tk.
-	do := func(t *testing.T, b *cuttingBackend, method string, tk *api.Task, c exec.Controller) error {
+	// cutStep runs one exec.Do step of tk whose context the Backend's next
+	// call of method ends, and checks that exec.Do retries it: the task
+	// stays in its state, neither REJECTED nor FAILED.
+	cutStep := func(t *testing.T, b *cuttingBackend, method string, tk *api.Task, c exec.Controller) {
 		t.Helper()
 		stepCtx, cancel := context.WithCancel(ctx)
 		defer cancel()
 		b.cut(method, cancel)
 		st, err := exec.Do(stepCtx, tk, c)
-		tk.Status = *st
-		return err
+		assert.ErrorIs(t, err, exec.ErrTaskRetry)
+		assert.Equal(t, st.State, tk.Status.State, "%s", st.Err)
 	}
 	// resume runs the step again with a context that does not end.
 	resume := func(t *testing.T, tk *api.Task, c exec.Controller, want api.TaskState) {
@@ -1575,18 +1576,14 @@ func TestStepCutShortByItsContextIsRetried(t *testing.T) {
 	t.Run("Prepare pulling", func(t *testing.T) {
 		b := &cuttingBackend{Backend: plugintest.NewBackend()}
 		tk, c := newTask(t, b, "task-1", spec(remote, false), api.TaskStatePreparing)
-		err := do(t, b, "Pull", tk, c)
-		assert.ErrorIs(t, err, exec.ErrTaskRetry)
-		assert.Equal(t, tk.Status.State, api.TaskStatePreparing, "%s", tk.Status.Err)
+		cutStep(t, b, "Pull", tk, c)
 		resume(t, tk, c, api.TaskStateReady)
 	})
 	t.Run("Prepare upgrading", func(t *testing.T) {
 		b := &cuttingBackend{Backend: plugintest.NewBackend()}
 		started(t, ctx, b, "task-1", spec(remote, false))
 		tk, c := newTask(t, b, "task-2", spec(remote2, false), api.TaskStatePreparing)
-		err := do(t, b, "Upgrade", tk, c)
-		assert.ErrorIs(t, err, exec.ErrTaskRetry)
-		assert.Equal(t, tk.Status.State, api.TaskStatePreparing, "%s", tk.Status.Err)
+		cutStep(t, b, "Upgrade", tk, c)
 		p, _, _ := state(t, b.Backend, name)
 		assert.Assert(t, p.Enabled, "re-enabled after the cut upgrade")
 		assert.Equal(t, p.PluginReference, remote)
@@ -1599,9 +1596,7 @@ func TestStepCutShortByItsContextIsRetried(t *testing.T) {
 		tk, c := newTask(t, b, "task-1", spec(remote, false), api.TaskStatePreparing)
 		resume(t, tk, c, api.TaskStateReady)
 		tk.Status.State = api.TaskStateStarting
-		err := do(t, b, "Enable", tk, c)
-		assert.ErrorIs(t, err, exec.ErrTaskRetry)
-		assert.Equal(t, tk.Status.State, api.TaskStateStarting, "%s", tk.Status.Err)
+		cutStep(t, b, "Enable", tk, c)
 		resume(t, tk, c, api.TaskStateRunning)
 	})
 	t.Run("Remove", func(t *testing.T) {
@@ -2041,14 +2036,21 @@ func TestEnvEntriesSetCannotTakeAreSkipped(t *testing.T) {
 	assert.Assert(t, is.Len(envWarnings(logs), 2))
 }
 
+// pinnedEnvPlugin returns a fake on which task-1 of the service runs the
+// envRemote plugin pinned by digest, and that pinned remote.
+func pinnedEnvPlugin(t *testing.T) (*plugintest.Backend, string) {
+	b := plugintest.NewBackend()
+	pinned := "example.com/acme/vol@sha256:" + strings.Repeat("12", 32)
+	b.AddRemote(pinned, envRemote)
+	started(t, context.Background(), b, "task-1", spec(pinned, false))
+	return b, pinned
+}
+
 // TestPinnedRemoteWithUnsettableEnvIsLeftAlone: when nothing the plugin
 // can take differs, Prepare decides so before disabling anything.
 func TestPinnedRemoteWithUnsettableEnvIsLeftAlone(t *testing.T) {
 	ctx := context.Background()
-	b := plugintest.NewBackend()
-	pinned := "example.com/acme/vol@sha256:" + strings.Repeat("12", 32)
-	b.AddRemote(pinned, envRemote)
-	started(t, ctx, b, "task-1", spec(pinned, false))
+	b, pinned := pinnedEnvPlugin(t)
 	b.ResetCalls()
 
 	s := spec(pinned, false)
@@ -2065,10 +2067,7 @@ func TestPinnedRemoteWithUnsettableEnvIsLeftAlone(t *testing.T) {
 // the plugin enabled, as it was.
 func TestFailedSetReenables(t *testing.T) {
 	ctx := context.Background()
-	b := plugintest.NewBackend()
-	pinned := "example.com/acme/vol@sha256:" + strings.Repeat("34", 32)
-	b.AddRemote(pinned, envRemote)
-	started(t, ctx, b, "task-1", spec(pinned, false))
+	b, pinned := pinnedEnvPlugin(t)
 
 	b.FailNext("Set", errors.New("disk full"))
 	s := spec(pinned, false)
