@@ -2125,3 +2125,55 @@ func TestOtherUsers(t *testing.T) {
 	}
 	assert.Assert(t, warned, "the other users are counted at warn: %v", logs.lines)
 }
+
+// TestEnvNeverHandsSetWhatMobyRefuses checks the Controller's choice of env
+// entries against moby's own v2.Plugin.Set as the oracle, for config
+// entries shaped as config.json allows (no, one or several settable fields,
+// a name with a dot) and spec entries of every form: an entry the Manager's
+// Set would refuse is never handed to it, so Prepare succeeds and the plugin
+// stays in service; an accepted "KEY=VALUE" change is applied.
+func TestEnvNeverHandsSetWhatMobyRefuses(t *testing.T) {
+	ctx := context.Background()
+	value := func(s string) *string { return &s }
+	configs := map[string]types.PluginEnv{
+		"not settable":       {Name: "K", Value: value("0")},
+		"settable value":     {Name: "K", Value: value("0"), Settable: []string{"value"}},
+		"settable elsewhere": {Name: "K", Value: value("0"), Settable: []string{"source"}},
+		"two settables":      {Name: "K", Value: value("0"), Settable: []string{"value", "source"}},
+		"dotted name":        {Name: "K.x", Value: value("0"), Settable: []string{"value"}},
+	}
+	entries := []string{"K=1", "K", "K.value=1", "K.x=1", "K=0"}
+	for desc, declared := range configs {
+		for _, entry := range entries {
+			t.Run(desc+"/"+entry, func(t *testing.T) {
+				// moby's answer for this config and entry.
+				probe := &v2.Plugin{PluginObj: types.Plugin{Config: types.PluginConfig{Env: []types.PluginEnv{declared}}}}
+				probe.InitEmptySettings()
+				mobyErr := probe.Set([]string{entry})
+
+				b, pinned := pinnedEnvPlugin(t)
+				pl, err := b.Get(name)
+				assert.NilError(t, err)
+				// Nothing else runs: give the installed plugin this config.
+				pl.PluginObj.Config.Env = []types.PluginEnv{declared}
+				pl.PluginObj.Settings.Env = []string{declared.Name + "=0"}
+				b.ResetCalls()
+
+				s := spec(pinned, false)
+				s.Env = []string{entry}
+				started(t, ctx, b, "task-2", s)
+				p, _, _ := state(t, b, name)
+				assert.Assert(t, p.Enabled)
+				for _, c := range b.Calls() {
+					if c.Method == "Set" {
+						assert.NilError(t, mobyErr, "handed %v to Set, which moby's refuses", c.Args)
+						assert.NilError(t, c.Err)
+					}
+				}
+				if k, v, ok := strings.Cut(entry, "="); ok && mobyErr == nil && k == declared.Name && v != "0" {
+					assert.Assert(t, is.Contains(p.Settings.Env, entry), "an accepted change is applied")
+				}
+			})
+		}
+	}
+}
