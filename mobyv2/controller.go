@@ -949,12 +949,12 @@ func convertPrivileges(ls []*swarm.RuntimePrivilege) plugintypes.Privileges {
 // settableEnv splits the spec's env entries into those moby's
 // v2.Plugin.Set accepts for a plugin whose config declares declared, and
 // the keys of the others: entries without "=" (Set would read them as a
-// key without a value), undeclared keys and keys whose value is not
-// settable.
+// key without a value), keys with a dot (Set reads NAME.FIELD), undeclared
+// keys and keys whose value is not settable.
 func settableEnv(declared []plugintypes.Env, env []string) (settable, skipped []string) {
 	for _, kv := range env {
 		k, _, ok := strings.Cut(kv, "=")
-		if ok && envSettable(declared, k) {
+		if ok && !strings.Contains(k, ".") && envSettable(declared, k) {
 			settable = append(settable, kv)
 		} else {
 			skipped = append(skipped, k)
@@ -966,8 +966,9 @@ func settableEnv(declared []plugintypes.Env, env []string) (settable, skipped []
 func envSettable(declared []plugintypes.Env, key string) bool {
 	for _, e := range declared {
 		if e.Name == key {
-			// moby's isSettable: no Settable list means nothing is.
-			return slices.Contains(e.Settable, "value")
+			// moby's isSettable: without a field named, exactly one
+			// settable field, and for env it must be "value".
+			return len(e.Settable) == 1 && slices.Contains(e.Settable, "value")
 		}
 	}
 	return false

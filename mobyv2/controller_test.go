@@ -9,8 +9,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	goreflect "reflect"
+	goruntime "runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -151,7 +154,7 @@ func countCalls(b *plugintest.Backend, method string) int {
 func waitAsync(t testing.TB, b *plugintest.Backend, c *plugin.Controller, ctx context.Context) <-chan error {
 	t.Helper()
 	before := b.Subscribers()
-	waiting := &selectingCtx{Context: ctx, selecting: make(chan struct{})}
+	waiting := &selectingCtx{Context: ctx, selecting: make(chan struct{}), subscribed: func() bool { return b.Subscribers() > before }}
 	done := make(chan error, 1)
 	go func() { done <- c.Wait(waiting) }()
 	timeout := time.NewTimer(10 * time.Second)
@@ -167,16 +170,21 @@ func waitAsync(t testing.TB, b *plugintest.Backend, c *plugin.Controller, ctx co
 	return done
 }
 
-// selectingCtx tells when Wait first asks for Done, which it does only in
-// the select of its event loop.
+// selectingCtx tells when Wait first asks for Done once subscribed, which
+// it does only in the select of its event loop. (A resumed, unbound Wait
+// also asks for Done before subscribing, while it waits for the plugin's
+// lock to bind.)
 type selectingCtx struct {
 	context.Context
-	once      sync.Once
-	selecting chan struct{}
+	subscribed func() bool
+	once       sync.Once
+	selecting  chan struct{}
 }
 
 func (c *selectingCtx) Done() <-chan struct{} {
-	c.once.Do(func() { close(c.selecting) })
+	if c.subscribed() {
+		c.once.Do(func() { close(c.selecting) })
+	}
 	return c.Context.Done()
 }
 
@@ -1453,5 +1461,721 @@ func TestWaitOnPluginRemovedBeforeWait(t *testing.T) {
 		assert.NilError(t, b.Remove(name, &backend.PluginRmConfig{ForceRemove: true}))
 		err := c.Wait(ctx) // ctx never ends: it must not wait on a plugin that is gone
 		assert.ErrorIs(t, err, plugin.ErrPluginRemoved)
+	}
+}
+
+// ---- Steps cut short by their context ------------------------------------------------
+
+// cuttingBackend is the fake, except that the next call of the method armed
+// with cut ends the step's context, as swarmkit's agent does when it raises
+// a READY task to RUNNING, or shuts a task down, while a step is in flight
+// (agent/task.go), and then fails as the Manager would: Pull and Upgrade,
+// which take the context, fail with its error wrapped the way moby's fetch
+// wraps it; Enable and Remove, which take none, with an unclassified error
+// of their own.
+type cuttingBackend struct {
+	*plugintest.Backend
+	mu     sync.Mutex
+	method string
+	cancel context.CancelFunc
+}
+
+// cut arms method: its next call cancels the step's context with cancel.
+func (b *cuttingBackend) cut(method string, cancel context.CancelFunc) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.method, b.cancel = method, cancel
+}
+
+// cutting reports whether this call of method is the armed one, and if so
+// ends the step's context.
+func (b *cuttingBackend) cutting(method string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.method != method {
+		return false
+	}
+	b.cancel()
+	b.method, b.cancel = "", nil
+	return true
+}
+
+func (b *cuttingBackend) Pull(ctx context.Context, ref reference.Named, n string, h http.Header, a *registry.AuthConfig, p plugintypes.Privileges, w io.Writer, opts ...mobyplugin.CreateOpt) error {
+	if b.cutting("Pull") {
+		<-ctx.Done()
+		return fmt.Errorf("error resolving plugin reference: %w", ctx.Err())
+	}
+	return b.Backend.Pull(ctx, ref, n, h, a, p, w, opts...)
+}
+
+func (b *cuttingBackend) Upgrade(ctx context.Context, ref reference.Named, n string, h http.Header, a *registry.AuthConfig, p plugintypes.Privileges, w io.Writer) error {
+	if b.cutting("Upgrade") {
+		<-ctx.Done()
+		return fmt.Errorf("error resolving plugin reference: %w", ctx.Err())
+	}
+	return b.Backend.Upgrade(ctx, ref, n, h, a, p, w)
+}
+
+func (b *cuttingBackend) Enable(n string, config *backend.PluginEnableConfig) error {
+	if b.cutting("Enable") {
+		return errors.New("plugin did not activate: interrupted")
+	}
+	return b.Backend.Enable(n, config)
+}
+
+func (b *cuttingBackend) Remove(n string, config *backend.PluginRmConfig) error {
+	if b.cutting("Remove") {
+		return errors.New("plugin did not stop: interrupted")
+	}
+	return b.Backend.Remove(n, config)
+}
+
+// cause is github.com/pkg/errors.Cause, with which exec.Do decides that an
+// error is its context's: it follows Cause methods only, not Unwrap.
+func cause(err error) error {
+	for {
+		c, ok := err.(interface{ Cause() error })
+		if !ok {
+			return err
+		}
+		err = c.Cause()
+	}
+}
+
+// TestStepCutShortByItsContextIsRetried: whatever a Backend wraps around
+// the context's error, or returns instead of it, a step whose context ended
+// tells exec.Do to retry it, not to reject or fail the task.
+func TestStepCutShortByItsContextIsRetried(t *testing.T) {
+	ctx := context.Background()
+	// cutStep runs one exec.Do step of tk whose context the Backend's next
+	// call of method ends, and checks that exec.Do retries it: the task
+	// stays in its state, neither REJECTED nor FAILED.
+	cutStep := func(t *testing.T, b *cuttingBackend, method string, tk *api.Task, c exec.Controller) {
+		t.Helper()
+		stepCtx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		b.cut(method, cancel)
+		st, err := exec.Do(stepCtx, tk, c)
+		assert.ErrorIs(t, err, exec.ErrTaskRetry)
+		assert.Equal(t, st.State, tk.Status.State, "%s", st.Err)
+	}
+	// resume runs the step again with a context that does not end.
+	resume := func(t *testing.T, tk *api.Task, c exec.Controller, want api.TaskState) {
+		t.Helper()
+		st, err := exec.Do(ctx, tk, c)
+		assert.NilError(t, err)
+		assert.Equal(t, st.State, want)
+	}
+	newTask := func(t *testing.T, b plugin.Backend, id string, s swarm.RuntimeSpec, state api.TaskState) (*api.Task, *plugin.Controller) {
+		tk := task(t, id, service, s)
+		tk.DesiredState = api.TaskStateRunning
+		tk.Status.State = state
+		c, err := plugin.NewController(b, tk)
+		assert.NilError(t, err)
+		return tk, c
+	}
+
+	t.Run("Prepare pulling", func(t *testing.T) {
+		b := &cuttingBackend{Backend: plugintest.NewBackend()}
+		tk, c := newTask(t, b, "task-1", spec(remote, false), api.TaskStatePreparing)
+		cutStep(t, b, "Pull", tk, c)
+		resume(t, tk, c, api.TaskStateReady)
+	})
+	t.Run("Prepare upgrading", func(t *testing.T) {
+		b := &cuttingBackend{Backend: plugintest.NewBackend()}
+		started(t, ctx, b, "task-1", spec(remote, false))
+		tk, c := newTask(t, b, "task-2", spec(remote2, false), api.TaskStatePreparing)
+		cutStep(t, b, "Upgrade", tk, c)
+		p, _, _ := state(t, b.Backend, name)
+		assert.Assert(t, p.Enabled, "re-enabled after the cut upgrade")
+		assert.Equal(t, p.PluginReference, remote)
+		resume(t, tk, c, api.TaskStateReady)
+		p, _, _ = state(t, b.Backend, name)
+		assert.Equal(t, p.PluginReference, remote2)
+	})
+	t.Run("Start", func(t *testing.T) {
+		b := &cuttingBackend{Backend: plugintest.NewBackend()}
+		tk, c := newTask(t, b, "task-1", spec(remote, false), api.TaskStatePreparing)
+		resume(t, tk, c, api.TaskStateReady)
+		tk.Status.State = api.TaskStateStarting
+		cutStep(t, b, "Enable", tk, c)
+		resume(t, tk, c, api.TaskStateRunning)
+	})
+	t.Run("Remove", func(t *testing.T) {
+		// The worker calls Remove itself and only logs its error; what
+		// matters is that the error says why, as a context error.
+		b := &cuttingBackend{Backend: plugintest.NewBackend()}
+		c := started(t, ctx, b, "task-1", spec(remote, false))
+		stepCtx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		b.cut("Remove", cancel)
+		err := c.Remove(stepCtx)
+		assert.Equal(t, cause(err), context.Canceled, "%v", err)
+		assert.ErrorIs(t, err, context.Canceled)
+		assert.ErrorContains(t, err, "plugin did not stop: interrupted")
+		assert.NilError(t, c.Remove(ctx))
+		_, _, found := state(t, b.Backend, name)
+		assert.Assert(t, !found)
+	})
+}
+
+// ---- Remotes pinned by digest without a Name -----------------------------------------
+
+// TestPinnedRemoteWithoutName: the default name of a spec whose remote is
+// pinned by digest is the remote without the digest, a name the Manager can
+// look up, so the plugin installs, runs, is found again by a resumed task
+// and is removed with the last task.
+func TestPinnedRemoteWithoutName(t *testing.T) {
+	ctx := context.Background()
+	b := plugintest.NewBackend()
+	const defaultName = "example.com/acme/vol:1.0"
+	pinned := defaultName + "@sha256:" + strings.Repeat("ef", 32)
+	s := swarm.RuntimeSpec{Remote: pinned}
+
+	c1 := newController(t, b, "task-1", s)
+	assert.NilError(t, c1.Prepare(ctx))
+	p, refs, found := state(t, b, defaultName)
+	assert.Assert(t, found, "installed under %s", defaultName)
+	assert.Equal(t, p.Name, defaultName)
+	assert.Equal(t, p.PluginReference, pinned)
+	assert.Equal(t, refs, 1)
+	assert.NilError(t, c1.Start(ctx))
+	p, _, _ = state(t, b, defaultName)
+	assert.Assert(t, p.Enabled)
+	id := p.ID
+
+	// Another task of the service finds it: pinned and installed, nothing
+	// to pull or change.
+	c2 := started(t, ctx, b, "task-2", s)
+	assert.Equal(t, countCalls(b, "Pull"), 1)
+	assert.Equal(t, countCalls(b, "Upgrade")+countCalls(b, "Disable"), 0)
+
+	// task-1 resumed after an agent restart: its Wait binds by the name.
+	resumed := newController(t, b, "task-1", s)
+	wctx, cancel := context.WithCancel(ctx)
+	done := waitAsync(t, b, resumed, wctx)
+	_, refs, _ = state(t, b, defaultName)
+	assert.Equal(t, refs, 2, "one reference per task")
+	cancel()
+	assert.ErrorIs(t, result(t, done), context.Canceled)
+
+	assert.NilError(t, resumed.Remove(ctx))
+	assert.NilError(t, c1.Close())
+	_, refs, found = state(t, b, defaultName)
+	assert.Assert(t, found)
+	assert.Equal(t, refs, 1)
+	assert.NilError(t, c2.Remove(ctx))
+	for _, n := range []string{defaultName, id} {
+		_, _, found := state(t, b, n)
+		assert.Assert(t, !found, "%s left behind", n)
+	}
+	assert.Equal(t, countCalls(b, "Remove"), 1)
+}
+
+// ---- No reference once Remove has begun ------------------------------------------------
+
+// heldGet holds its first Get after hold is set until release is closed,
+// and closes held once it holds it.
+type heldGet struct {
+	*plugintest.Backend
+	hold    atomic.Bool
+	held    chan struct{}
+	release chan struct{}
+}
+
+func (b *heldGet) Get(n string) (*v2.Plugin, error) {
+	if b.hold.CompareAndSwap(true, false) {
+		close(b.held)
+		<-b.release
+	}
+	return b.Backend.Get(n)
+}
+
+// resumedWait runs a resumed task's Wait. Its name marks the goroutine's
+// stack for parkedOnLockOrDone.
+func resumedWait(ctx context.Context, c *plugin.Controller) error { return c.Wait(ctx) }
+
+// parkedOnLockOrDone returns once done has a value or the goroutine whose
+// stack holds the function fn is inside sync.(*Mutex).Lock called from the
+// Controller's method (not from its short state guard, enter). No signal of
+// the Controller tells that a step waits for a lock the test cannot see, so
+// this reads every goroutine's stack until one shows it; it spins with
+// runtime.Gosched, never sleeps.
+func parkedOnLockOrDone(t *testing.T, done chan error, fn string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	buf := make([]byte, 1<<20)
+	for len(done) == 0 {
+		n := goruntime.Stack(buf, true)
+		for _, g := range strings.Split(string(buf[:n]), "\n\n") {
+			if !strings.Contains(g, fn) {
+				continue
+			}
+			// Frames alternate with their file lines; the caller of Lock
+			// is the frame after it.
+			lines := strings.Split(g, "\n")
+			for i, l := range lines {
+				if strings.HasPrefix(l, "sync.(*Mutex).Lock") && i+2 < len(lines) &&
+					strings.Contains(lines[i+2], "plugin.(*Controller).") && !strings.Contains(lines[i+2], ".enter(") {
+					return
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s neither returned nor waited for a lock:\n%s", fn, buf[:n])
+		}
+		goruntime.Gosched()
+	}
+}
+
+// TestNoReferenceTakenOnceRemoveBegan: swarmkit's worker may Remove a task
+// (closeManager) while the task's resumed, unbound Controller starts its
+// Wait. Whichever comes first, once Remove has begun Wait takes no
+// reference: Remove is held inside the Backend's Get while Wait arrives,
+// and the plugin ends with exactly the other task's reference, so that
+// task's Remove removes it.
+func TestNoReferenceTakenOnceRemoveBegan(t *testing.T) {
+	ctx := context.Background()
+	fake := plugintest.NewBackend()
+	b := &heldGet{Backend: fake, held: make(chan struct{}), release: make(chan struct{})}
+	dropped := started(t, ctx, b, "task-1", spec(remote, false)) // before the agent restart
+	other := started(t, ctx, b, "task-2", spec(remote, false))
+	_, refs, _ := state(t, fake, name)
+	assert.Equal(t, refs, 2)
+
+	resumed := newController(t, b, "task-1", spec(remote, false))
+	b.hold.Store(true)
+	removed := make(chan error, 1)
+	go func() { removed <- resumed.Remove(ctx) }()
+	<-b.held // Remove has begun and is inside Get
+
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	waited := make(chan error, 1)
+	go func() { waited <- resumedWait(wctx, resumed) }()
+	// Wait has returned, or it is past its first checks, waiting for the
+	// lock Remove holds: from there, the code before the fix bound the
+	// task and took a reference as soon as Remove let go.
+	parkedOnLockOrDone(t, waited, "resumedWait")
+	close(b.release)
+	assert.NilError(t, <-removed)
+	cancel() // ends a Wait that bound and waits for events
+	select {
+	case err := <-waited:
+		assert.ErrorIs(t, err, plugin.ErrTaskRemoved)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Wait did not return")
+	}
+
+	_, refs, _ = state(t, fake, name)
+	assert.Equal(t, refs, 1, "only task-2's reference is left")
+	assert.NilError(t, other.Remove(ctx))
+	_, _, found := state(t, fake, name)
+	assert.Assert(t, !found, "the last task's Remove removes the plugin")
+	assert.NilError(t, dropped.Close())
+}
+
+// ---- References do not depend on the Backend value ---------------------------------------
+
+// wrapper is a Backend value of its own over a shared Backend, as a daemon
+// fork that wraps the Manager for each Controller makes.
+type wrapper struct{ *plugintest.Backend }
+
+// TestReferencesDoNotDependOnTheBackendValue: with a Backend value per
+// Controller over one Manager, each task holds exactly one reference, the
+// service's own tasks are not taken for other users (an upgrade goes ahead
+// quietly, a Disabled spec disables the plugin), and a resumed task takes
+// no second reference.
+func TestReferencesDoNotDependOnTheBackendValue(t *testing.T) {
+	ctx := context.Background()
+	pinned := "example.com/acme/vol@sha256:" + strings.Repeat("56", 32)
+	// setup starts task-1 and task-2 of the service, each Controller with
+	// a Backend value of its own, and returns the shared fake and a maker
+	// of further Backend values.
+	setup := func(t *testing.T, s swarm.RuntimeSpec) (*plugintest.Backend, func() plugin.Backend, []*plugin.Controller) {
+		b := plugintest.NewBackend()
+		own := func() plugin.Backend { return &wrapper{b} }
+		c1 := started(t, ctx, own(), "task-1", s)
+		c2 := newController(t, own(), "task-2", s)
+		assert.NilError(t, c2.Prepare(ctx), "the other task's reference is the service's")
+		assert.NilError(t, c2.Prepare(ctx))
+		assert.NilError(t, c2.Start(ctx))
+		_, refs, _ := state(t, b, name)
+		assert.Equal(t, refs, 2, "one reference per task")
+		return b, own, []*plugin.Controller{c1, c2}
+	}
+	// removeAll removes the tasks' Controllers; the last removes the plugin.
+	removeAll := func(t *testing.T, b *plugintest.Backend, cs ...*plugin.Controller) {
+		for _, c := range cs {
+			assert.NilError(t, c.Remove(ctx))
+		}
+		_, _, found := state(t, b, name)
+		assert.Assert(t, !found, "the last task's Remove removes the plugin")
+	}
+
+	t.Run("upgrade", func(t *testing.T) {
+		logCtx, logs := captureLogs()
+		b, own, cs := setup(t, spec(remote, false))
+		c3 := newController(t, own(), "task-3", spec(remote2, false))
+		assert.NilError(t, c3.Prepare(logCtx))
+		assert.NilError(t, c3.Start(logCtx))
+		p, _, _ := state(t, b, name)
+		assert.Assert(t, p.Enabled)
+		assert.Equal(t, p.PluginReference, remote2)
+		for _, l := range logs.lines {
+			assert.Assert(t, !strings.Contains(l, "level=warn"), "no other user to warn about: %s", l)
+		}
+		removeAll(t, b, append(cs, c3)...)
+	})
+	t.Run("disabled spec", func(t *testing.T) {
+		b, own, cs := setup(t, spec(pinned, false))
+		c3 := newController(t, own(), "task-3", spec(pinned, true))
+		assert.NilError(t, c3.Prepare(ctx))
+		assert.NilError(t, c3.Start(ctx), "the service's own tasks are no other users")
+		p, refs, _ := state(t, b, name)
+		assert.Assert(t, !p.Enabled)
+		assert.Equal(t, refs, 3)
+		removeAll(t, b, append(cs, c3)...)
+	})
+	t.Run("resumed task", func(t *testing.T) {
+		b, own, cs := setup(t, spec(pinned, false))
+		// task-1 resumed after an agent restart, with a third Backend value.
+		resumed := newController(t, own(), "task-1", spec(pinned, false))
+		wctx, cancel := context.WithCancel(ctx)
+		done := waitAsync(t, b, resumed, wctx)
+		_, refs, _ := state(t, b, name)
+		assert.Equal(t, refs, 2, "the resumed task took a second reference")
+		cancel()
+		assert.ErrorIs(t, result(t, done), context.Canceled)
+		removeAll(t, b, resumed, cs[1])
+		assert.NilError(t, cs[0].Close())
+	})
+}
+
+// uncomparableBackend is a Backend value that cannot be compared or hashed:
+// value receivers (promoted from noSetter) and a slice field.
+type uncomparableBackend struct {
+	noSetter
+	tags []string
+}
+
+// embeddingBackend is a comparable type, a struct whose one field is an
+// interface, but comparing or hashing a value of it panics when that
+// interface holds an uncomparable value.
+type embeddingBackend struct{ plugin.Backend }
+
+// noPanic runs a step and fails the test if it panics.
+func noPanic(t *testing.T, step string, f func() error) (err error) {
+	t.Helper()
+	defer func() {
+		if r := recover(); r != nil {
+			t.Fatalf("%s panicked: %v", step, r)
+		}
+	}()
+	return f()
+}
+
+func TestBackendValueThatCannotBeHashed(t *testing.T) {
+	ctx := context.Background()
+	fake := plugintest.NewBackend()
+	b := embeddingBackend{uncomparableBackend{noSetter{fake}, []string{"node-1"}}}
+	assert.Assert(t, goreflect.TypeOf(b).Comparable(), "the type alone looks comparable")
+
+	c := newController(t, b, "task-1", spec(remote, false))
+	assert.NilError(t, noPanic(t, "Prepare", func() error { return c.Prepare(ctx) }))
+	assert.NilError(t, noPanic(t, "Start", func() error { return c.Start(ctx) }))
+	p, refs, _ := state(t, fake, name)
+	assert.Assert(t, p.Enabled)
+	assert.Equal(t, refs, 1)
+	assert.NilError(t, noPanic(t, "Remove", func() error { return c.Remove(ctx) }))
+	_, _, found := state(t, fake, name)
+	assert.Assert(t, !found)
+}
+
+// ---- The plugin's lock --------------------------------------------------------------
+
+// heldPull holds its first Pull until release is closed, like a registry
+// that stalls, and closes held once it holds it.
+type heldPull struct {
+	*plugintest.Backend
+	first   atomic.Bool
+	held    chan struct{}
+	release chan struct{}
+}
+
+func (b *heldPull) Pull(ctx context.Context, ref reference.Named, n string, h http.Header, a *registry.AuthConfig, p plugintypes.Privileges, w io.Writer, opts ...mobyplugin.CreateOpt) error {
+	if b.first.CompareAndSwap(false, true) {
+		close(b.held)
+		<-b.release
+	}
+	return b.Backend.Pull(ctx, ref, n, h, a, p, w, opts...)
+}
+
+// TestCancelledPrepareStopsWaitingForThePluginLock: while one task's Pull
+// stalls, holding the plugin's lock, the Prepare of another task of the
+// service for the same plugin waits for that lock, whichever way its spec
+// writes the plugin's name ("vol", "vol:latest", "docker.io/library/vol"
+// are one plugin to the Manager, so they share the lock and the second
+// Prepare touches nothing meanwhile); and once swarmkit cancels it, it
+// returns at once with its context's error, which exec.Do retries.
+func TestCancelledPrepareStopsWaitingForThePluginLock(t *testing.T) {
+	ctx := context.Background()
+	fake := plugintest.NewBackend()
+	b := &heldPull{Backend: fake, held: make(chan struct{}), release: make(chan struct{})}
+	var releaseOnce sync.Once
+	release := func() { releaseOnce.Do(func() { close(b.release) }) }
+	t.Cleanup(release)
+
+	first := newController(t, b, "task-0", spec(remote, false)) // Name "vol"
+	pulled := make(chan error, 1)
+	go func() { pulled <- first.Prepare(ctx) }()
+	<-b.held
+
+	for i, n := range []string{"vol", "vol:latest", "docker.io/library/vol"} {
+		t.Run(n, func(t *testing.T) {
+			tk := task(t, fmt.Sprintf("task-%d", i+1), service, swarm.RuntimeSpec{Name: n, Remote: remote})
+			tk.DesiredState = api.TaskStateRunning
+			tk.Status.State = api.TaskStatePreparing
+			c, err := plugin.NewController(b, tk)
+			assert.NilError(t, err)
+			fake.ResetCalls()
+
+			stepCtx, cancel := context.WithCancel(ctx)
+			type doResult struct {
+				st  *api.TaskStatus
+				err error
+			}
+			res := make(chan doResult, 1)
+			go func() {
+				st, err := exec.Do(stepCtx, tk, c)
+				res <- doResult{st, err}
+			}()
+			cancel()
+			select {
+			case r := <-res:
+				assert.ErrorIs(t, r.err, exec.ErrTaskRetry)
+				assert.Equal(t, r.st.State, api.TaskStatePreparing, r.st.Err)
+			case <-time.After(10 * time.Second):
+				t.Fatal("Prepare still waits for the plugin's lock after its context ended")
+			}
+			assert.DeepEqual(t, methods(fake), []string(nil))
+		})
+	}
+
+	release()
+	assert.NilError(t, <-pulled)
+	_, refs, _ := state(t, fake, name)
+	assert.Equal(t, refs, 1, "the cancelled tasks took no reference")
+	assert.NilError(t, first.Remove(ctx))
+	_, _, found := state(t, fake, name)
+	assert.Assert(t, !found)
+}
+
+// ---- Env entries the Manager's Set cannot take --------------------------------------------
+
+// envRemote declares LEVEL settable and MODE fixed, like a config.json
+// with a "settable": ["value"] entry and one without.
+var envRemote = plugintest.Remote{Env: []string{"LEVEL=info"}, FixedEnv: []string{"MODE=ro"}}
+
+// envWarnings returns the log lines that name skipped env keys.
+func envWarnings(logs *logCapture) []string {
+	logs.mu.Lock()
+	defer logs.mu.Unlock()
+	var out []string
+	for _, l := range logs.lines {
+		if strings.Contains(l, "level=warn") && strings.Contains(l, "env") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// TestEnvEntriesSetCannotTakeAreSkipped: moby's own TestServicePlugin env
+// ("baz", "foo=bar"), an undeclared key, and a key the config fixes are
+// never handed to Set, which would refuse them and leave the plugin
+// disabled; the settable change is applied; each task logs the skipped
+// keys once, at warn, without their values.
+func TestEnvEntriesSetCannotTakeAreSkipped(t *testing.T) {
+	ctx, logs := captureLogs()
+	b := plugintest.NewBackend()
+	b.AddRemote(remote, envRemote)
+	b.AddRemote(remote2, envRemote)
+	started(t, ctx, b, "task-1", spec(remote, false))
+
+	s := spec(remote2, false)
+	s.Env = []string{"baz", "foo=bar", "MODE=rw", "LEVEL=debug"}
+	c2 := newController(t, b, "task-2", s)
+	assert.NilError(t, c2.Prepare(ctx))
+	assert.NilError(t, c2.Prepare(ctx), "retried")
+	assert.NilError(t, c2.Start(ctx))
+
+	p, _, _ := state(t, b, name)
+	assert.Assert(t, p.Enabled)
+	assert.Equal(t, p.PluginReference, remote2)
+	assert.Assert(t, is.Contains(p.Settings.Env, "LEVEL=debug"))
+	assert.Assert(t, is.Contains(p.Settings.Env, "MODE=ro"))
+	for _, c := range b.Calls() {
+		if c.Method == "Set" {
+			assert.DeepEqual(t, c.Args, []string{"LEVEL=debug"})
+			assert.NilError(t, c.Err)
+		}
+	}
+	assert.Equal(t, countCalls(b, "Set"), 1)
+
+	warnings := envWarnings(logs)
+	assert.Assert(t, is.Len(warnings, 1), "once per task: %v", warnings)
+	w := warnings[0]
+	assert.Assert(t, strings.Contains(w, "task=task-2"), w)
+	for _, k := range []string{"baz", "foo", "MODE"} {
+		assert.Assert(t, strings.Contains(w, k), "key %s not named: %s", k, w)
+	}
+	for _, v := range []string{"bar", "rw", "LEVEL", "debug"} {
+		assert.Assert(t, !strings.Contains(w, v), "%q in %s", v, w)
+	}
+
+	// Another task of the same spec logs its own line.
+	started(t, ctx, b, "task-3", s)
+	assert.Assert(t, is.Len(envWarnings(logs), 2))
+}
+
+// pinnedEnvPlugin returns a fake on which task-1 of the service runs the
+// envRemote plugin pinned by digest, and that pinned remote.
+func pinnedEnvPlugin(t *testing.T) (*plugintest.Backend, string) {
+	b := plugintest.NewBackend()
+	pinned := "example.com/acme/vol@sha256:" + strings.Repeat("12", 32)
+	b.AddRemote(pinned, envRemote)
+	started(t, context.Background(), b, "task-1", spec(pinned, false))
+	return b, pinned
+}
+
+// TestPinnedRemoteWithUnsettableEnvIsLeftAlone: when nothing the plugin
+// can take differs, Prepare decides so before disabling anything.
+func TestPinnedRemoteWithUnsettableEnvIsLeftAlone(t *testing.T) {
+	ctx := context.Background()
+	b, pinned := pinnedEnvPlugin(t)
+	b.ResetCalls()
+
+	s := spec(pinned, false)
+	s.Env = []string{"baz", "foo=bar", "MODE=rw", "LEVEL=info"}
+	started(t, ctx, b, "task-2", s)
+	for _, m := range methods(b) {
+		assert.Equal(t, m, "Get", "the plugin must be left alone: %v", methods(b))
+	}
+	p, _, _ := state(t, b, name)
+	assert.Assert(t, p.Enabled)
+}
+
+// TestFailedSetReenables: an env change that fails after the disable leaves
+// the plugin enabled, as it was.
+func TestFailedSetReenables(t *testing.T) {
+	ctx := context.Background()
+	b, pinned := pinnedEnvPlugin(t)
+
+	b.FailNext("Set", errors.New("disk full"))
+	s := spec(pinned, false)
+	s.Env = []string{"LEVEL=debug"}
+	err := newController(t, b, "task-2", s).Prepare(ctx)
+	assert.ErrorContains(t, err, "disk full")
+	p, _, _ := state(t, b, name)
+	assert.Assert(t, p.Enabled, "re-enabled after the failed Set")
+	assert.Assert(t, is.Contains(p.Settings.Env, "LEVEL=info"))
+	assert.Equal(t, countCalls(b, "Disable"), 1)
+}
+
+// TestOtherUsers: under a reference that is not one of the service's tasks
+// (a volume), an upgrade goes ahead as stock dockerd does it (force-disable,
+// upgrade, Start enables again, the other users counted in a warn line),
+// while a Disabled spec is refused with the temporary ErrPluginInUse at
+// Prepare, before any upgrade, and at Start, the reason in the task's
+// status.
+func TestOtherUsers(t *testing.T) {
+	ctx, logs := captureLogs()
+	b := plugintest.NewBackend()
+	started(t, ctx, b, "task-1", spec(remote, false))
+	pl, err := b.Get(name)
+	assert.NilError(t, err)
+	pl.Acquire() // a volume
+	defer pl.Release()
+
+	b.ResetCalls()
+	tk := task(t, "task-2", service, spec(remote2, true))
+	tk.DesiredState = api.TaskStateRunning
+	tk.Status.State = api.TaskStatePreparing
+	c2, err := plugin.NewController(b, tk)
+	assert.NilError(t, err)
+	st, err := exec.Do(ctx, tk, c2)
+	assert.ErrorIs(t, err, exec.ErrTaskRetry)
+	assert.Equal(t, st.State, api.TaskStatePreparing)
+	assert.Assert(t, strings.Contains(st.Err, "plugin is in use"), st.Err)
+	assert.ErrorIs(t, c2.Start(ctx), plugin.ErrPluginInUse)
+	assert.DeepEqual(t, methods(b), []string{"Get", "Get"})
+	p, _, _ := state(t, b, name)
+	assert.Assert(t, p.Enabled)
+	assert.Equal(t, p.PluginReference, remote)
+
+	c3 := newController(t, b, "task-3", spec(remote2, false))
+	assert.NilError(t, c3.Prepare(ctx))
+	p, _, _ = state(t, b, name)
+	assert.Equal(t, p.PluginReference, remote2)
+	assert.NilError(t, c3.Start(ctx))
+	p, refs, _ := state(t, b, name)
+	assert.Assert(t, p.Enabled)
+	assert.Equal(t, refs, 4)
+	var warned bool
+	for _, l := range logs.lines {
+		warned = warned || (strings.Contains(l, "level=warn") && strings.Contains(l, "references=1"))
+	}
+	assert.Assert(t, warned, "the other users are counted at warn: %v", logs.lines)
+}
+
+// TestEnvNeverHandsSetWhatMobyRefuses checks the Controller's choice of env
+// entries against moby's own v2.Plugin.Set as the oracle, for config
+// entries shaped as config.json allows (no, one or several settable fields,
+// a name with a dot) and spec entries of every form: an entry the Manager's
+// Set would refuse is never handed to it, so Prepare succeeds and the plugin
+// stays in service; an accepted "KEY=VALUE" change is applied.
+func TestEnvNeverHandsSetWhatMobyRefuses(t *testing.T) {
+	ctx := context.Background()
+	value := func(s string) *string { return &s }
+	configs := map[string]plugintypes.Env{
+		"not settable":       {Name: "K", Value: value("0")},
+		"settable value":     {Name: "K", Value: value("0"), Settable: []string{"value"}},
+		"settable elsewhere": {Name: "K", Value: value("0"), Settable: []string{"source"}},
+		"two settables":      {Name: "K", Value: value("0"), Settable: []string{"value", "source"}},
+		"dotted name":        {Name: "K.x", Value: value("0"), Settable: []string{"value"}},
+	}
+	entries := []string{"K=1", "K", "K.value=1", "K.x=1", "K=0"}
+	for desc, declared := range configs {
+		for _, entry := range entries {
+			t.Run(desc+"/"+entry, func(t *testing.T) {
+				// moby's answer for this config and entry.
+				probe := &v2.Plugin{PluginObj: plugintypes.Plugin{Config: plugintypes.Config{Env: []plugintypes.Env{declared}}}}
+				probe.InitEmptySettings()
+				mobyErr := probe.Set([]string{entry})
+
+				b, pinned := pinnedEnvPlugin(t)
+				pl, err := b.Get(name)
+				assert.NilError(t, err)
+				// Nothing else runs: give the installed plugin this config.
+				pl.PluginObj.Config.Env = []plugintypes.Env{declared}
+				pl.PluginObj.Settings.Env = []string{declared.Name + "=0"}
+				b.ResetCalls()
+
+				s := spec(pinned, false)
+				s.Env = []string{entry}
+				started(t, ctx, b, "task-2", s)
+				p, _, _ := state(t, b, name)
+				assert.Assert(t, p.Enabled)
+				for _, c := range b.Calls() {
+					if c.Method == "Set" {
+						assert.NilError(t, mobyErr, "handed %v to Set, which moby's refuses", c.Args)
+						assert.NilError(t, c.Err)
+					}
+				}
+				if k, v, ok := strings.Cut(entry, "="); ok && mobyErr == nil && k == declared.Name && v != "0" {
+					assert.Assert(t, is.Contains(p.Settings.Env, entry), "an accepted change is applied")
+				}
+			})
+		}
 	}
 }

@@ -394,10 +394,13 @@ func (b *Backend) Remove(name string, config *backend.PluginRmConfig) (err error
 // Set changes settings of the plugin name, as moby's Manager.Set does, by
 // calling v2.Plugin.Set itself: args are "NAME=VALUE" (or
 // "NAME.FIELD=VALUE"), NAME must be a settable env, mount, device or args
-// of the plugin config (a remote's Env entries are settable values), and an
-// enabled plugin is refused ("cannot set on an active plugin, disable
-// plugin before setting", unclassified as in moby). An unknown plugin fails
-// as Get. It publishes no event.
+// of the plugin config, and an enabled plugin is refused ("cannot set on an
+// active plugin, disable plugin before setting"). A remote's Env entries
+// are settable values; its FixedEnv entries are refused (`"NAME" is not
+// settable`), and so is a NAME the config does not declare, including an
+// arg without "=" (`setting "NAME" not found in the plugin
+// configuration`). These errors are unclassified, as in moby. An unknown
+// plugin fails as Get. It publishes no event.
 //
 // Implements the controller's optional Setter; safe for concurrent use.
 func (b *Backend) Set(name string, args []string) (err error) {

@@ -352,6 +352,74 @@ func TestSet(t *testing.T) {
 	assert.Check(t, is.Error(b.Set("vol", []string{"=1"}), "invalid format, must be <name>[.<field>][=<value>]"))
 }
 
+// TestFixedEnv: a remote's FixedEnv is declared in the config without
+// Settable, so it initialises the settings, WithEnv may override it at
+// Pull (moby's WithEnv does not look at Settable), and Set refuses it with
+// moby's words, as it refuses undeclared keys (an arg without "=" among
+// them) and any change of an enabled plugin; a refused Set changes nothing.
+func TestFixedEnv(t *testing.T) {
+	b := NewBackend()
+	b.AddRemote("vol:v1", Remote{Env: []string{"DEBUG=0"}, FixedEnv: []string{"MODE=ro", "ROOT=/data"}})
+	mustPull(t, b, "vol:v1", "vol")
+	obj, _, err := b.Plugin("vol")
+	assert.NilError(t, err)
+	assert.Check(t, is.DeepEqual(obj.Settings.Env, []string{"DEBUG=0", "MODE=ro", "ROOT=/data"}))
+	assert.Assert(t, is.Len(obj.Config.Env, 3))
+	assert.Check(t, is.DeepEqual(obj.Config.Env[0].Settable, []string{"value"}))
+	for _, e := range obj.Config.Env[1:] {
+		assert.Check(t, is.Len(e.Settable, 0), "%s is settable", e.Name)
+	}
+	assert.Check(t, is.Equal(obj.Config.Env[1].Name, "MODE"))
+	assert.Check(t, is.Equal(*obj.Config.Env[1].Value, "ro"))
+
+	for _, tc := range []struct {
+		args []string
+		err  string
+	}{
+		{[]string{"MODE=rw"}, `"MODE" is not settable`},
+		{[]string{"OTHER=1"}, `setting "OTHER" not found in the plugin configuration`},
+		{[]string{"baz"}, `setting "baz" not found in the plugin configuration`},
+	} {
+		err := b.Set("vol", tc.args)
+		assert.Check(t, is.ErrorContains(err, tc.err), "%v", tc.args)
+		assert.Check(t, !cerrdefs.IsInvalidArgument(err) && !cerrdefs.IsNotFound(err), "unclassified, as moby's: %v", err)
+	}
+	obj, _, err = b.Plugin("vol")
+	assert.NilError(t, err)
+	assert.Check(t, is.DeepEqual(obj.Settings.Env, []string{"DEBUG=0", "MODE=ro", "ROOT=/data"}), "refused Sets change nothing")
+
+	// Set is not atomic, as moby's: the entries before the refused one
+	// are applied.
+	assert.Check(t, is.ErrorContains(b.Set("vol", []string{"DEBUG=1", "ROOT=/tmp"}), `"ROOT" is not settable`))
+	obj, _, err = b.Plugin("vol")
+	assert.NilError(t, err)
+	assert.Check(t, is.DeepEqual(obj.Settings.Env, []string{"DEBUG=1", "MODE=ro", "ROOT=/data"}))
+
+	// An arg without "=" is a key with an empty value: refused as not
+	// found for an undeclared key (above), accepted for a settable one.
+	assert.NilError(t, b.Set("vol", []string{"DEBUG"}))
+	obj, _, err = b.Plugin("vol")
+	assert.NilError(t, err)
+	assert.Check(t, is.Contains(obj.Settings.Env, "DEBUG="))
+
+	assert.NilError(t, b.Set("vol", []string{"DEBUG=1"}))
+	assert.NilError(t, b.Enable("vol", enableConfig))
+	assert.Check(t, is.ErrorContains(b.Set("vol", []string{"DEBUG=2"}), "cannot set on an active plugin"))
+
+	// WithEnv at Pull sets a fixed key, as moby's does.
+	assert.NilError(t, pull(t, b, "vol:v1", "other", nil, plugin.WithEnv([]string{"MODE=rw"})))
+	obj, _, err = b.Plugin("other")
+	assert.NilError(t, err)
+	assert.Check(t, is.Contains(obj.Settings.Env, "MODE=rw"))
+
+	// AddRemote keeps its own copy.
+	fixed := []string{"MODE=ro"}
+	b.AddRemote("vol:v2", Remote{FixedEnv: fixed})
+	fixed[0] = "MODE=changed"
+	p := mustPull(t, b, "vol:v2", "third")
+	assert.Check(t, is.DeepEqual(p.PluginObj.Settings.Env, []string{"MODE=ro"}))
+}
+
 func TestForceRemoveEnabled(t *testing.T) {
 	b := NewBackend()
 	p := mustPull(t, b, "vol", "vol")

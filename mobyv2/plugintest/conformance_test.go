@@ -27,7 +27,7 @@ var privileges = plugintypes.Privileges{
 func TestConformance(t *testing.T) {
 	backendtest.Run(t, func(t *testing.T) backendtest.Env {
 		b := plugintest.NewBackend()
-		b.AddRemote("example/vol:v1", plugintest.Remote{Env: []string{"DEBUG=0"}})
+		b.AddRemote("example/vol:v1", plugintest.Remote{Env: []string{"DEBUG=0"}, FixedEnv: []string{"MODE=ro"}})
 		b.AddRemote("example/vol:v2", plugintest.Remote{Env: []string{"DEBUG=0", "LEVEL=2"}})
 		b.AddRemote("example/priv", plugintest.Remote{Privileges: privileges})
 		b.MissingRemote("example/missing:v1")
@@ -38,6 +38,8 @@ func TestConformance(t *testing.T) {
 			Priv:           "example/priv",
 			PrivPrivileges: privileges,
 			Missing:        "example/missing:v1",
+			SettableEnv:    "DEBUG",
+			FixedEnv:       "MODE",
 		}
 	})
 }

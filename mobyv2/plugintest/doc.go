@@ -146,8 +146,10 @@
 //     in place.
 //   - Pull and Upgrade fail at once if ctx is done; the real ones fail
 //     while fetching.
-//   - Remote config Env entries are settable ("value"); a real plugin's
-//     config decides that for itself.
+//   - A remote's config declares only the env of Remote.Env (settable
+//     "value") and Remote.FixedEnv (not settable); a real config.json may
+//     also declare settable mounts, devices and args, which Set could then
+//     change.
 //   - A nil config pointer given to Enable, Disable or Remove panics with
 //     an explanatory message; moby panics with a nil pointer dereference.
 //   - Nothing persists and no event is logged (LogPluginEvent).

@@ -26,9 +26,20 @@ type Remote struct {
 	Privileges plugintypes.Privileges
 
 	// Env is the default environment of the plugin config, as "KEY=VALUE"
-	// strings. Each entry becomes a config Env whose value is settable, and
-	// Pull's plugin.WithEnv option merges over it as in moby.
+	// strings. Each entry becomes a config Env whose value is settable
+	// (Settable ["value"]), and Pull's plugin.WithEnv option merges over it
+	// as in moby.
 	Env []string
+
+	// FixedEnv declares environment variables the plugin's config does not
+	// let anyone change, as "KEY=VALUE" strings: each entry becomes a config
+	// Env with that default value and no Settable field, as in a config.json
+	// entry without "settable". Like Env, it initialises the plugin's
+	// settings at Pull, and plugin.WithEnv overrides it there (moby's
+	// WithEnv does not check Settable); afterwards Set refuses it with
+	// "KEY" is not settable, as moby's does. Its entries follow Env's in the
+	// config.
+	FixedEnv []string
 
 	// Digest is the manifest digest of the remote. It is stored as the
 	// installed plugin's Manifest, and a canonical reference
@@ -72,6 +83,7 @@ func (b *Backend) AddRemote(ref string, r Remote) {
 	named := mustParseRemote(ref)
 	r.Privileges = copyPrivileges(r.Privileges)
 	r.Env = append([]string(nil), r.Env...)
+	r.FixedEnv = append([]string(nil), r.FixedEnv...)
 	if r.Digest == "" {
 		if c, ok := named.(reference.Canonical); ok {
 			r.Digest = c.Digest()
@@ -122,13 +134,17 @@ func (b *Backend) resolve(ref reference.Named) (Remote, error) {
 }
 
 // config builds the plugin config the remote describes: its default
-// environment, settable like most real plugins', and the fields moby's
+// environment (Env settable, FixedEnv not) and the fields moby's
 // computePrivileges derives each privilege from.
 func (r Remote) config() plugintypes.Config {
 	var c plugintypes.Config
 	for _, kv := range r.Env {
 		k, v, _ := strings.Cut(kv, "=")
 		c.Env = append(c.Env, plugintypes.Env{Name: k, Value: &v, Settable: []string{"value"}})
+	}
+	for _, kv := range r.FixedEnv {
+		k, v, _ := strings.Cut(kv, "=")
+		c.Env = append(c.Env, plugintypes.Env{Name: k, Value: &v})
 	}
 	for _, p := range r.Privileges {
 		value := func() string {

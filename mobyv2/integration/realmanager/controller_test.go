@@ -7,10 +7,14 @@
 package realmanager_test
 
 import (
+	"net/http"
 	"os"
+	"slices"
+	"strings"
 	"testing"
 
 	cerrdefs "github.com/containerd/errdefs"
+	"github.com/distribution/reference"
 	"github.com/moby/moby/api/types/swarm"
 	"github.com/moby/moby/v2/daemon/server/backend"
 	"github.com/moby/swarmkit/v2/agent/exec"
@@ -383,7 +387,7 @@ func TestEnv(t *testing.T) {
 	e.runTo(old, oldC, api.TaskStateRunning)
 	p := e.get(pluginName)
 	id := p.GetID()
-	assert.Check(t, is.DeepEqual(p.PluginObj.Settings.Env, []string{"DEBUG=1"}))
+	assert.Check(t, is.DeepEqual(slices.Sorted(slices.Values(p.PluginObj.Settings.Env)), []string{"DEBUG=1", "MODE=ro"}))
 	e.shutdown(old, oldC)
 
 	spec = pluginSpec(v2ref)
@@ -394,7 +398,7 @@ func TestEnv(t *testing.T) {
 	q := e.get(pluginName)
 	assert.Check(t, is.Equal(q.GetID(), id))
 	assert.Check(t, is.Equal(q.PluginObj.PluginReference, v2ref))
-	assert.Check(t, is.DeepEqual(q.PluginObj.Settings.Env, []string{"DEBUG=2"}))
+	assert.Check(t, is.DeepEqual(slices.Sorted(slices.Values(q.PluginObj.Settings.Env)), []string{"DEBUG=2", "MODE=ro"}))
 	e.assertRunning(q)
 
 	// Only the Env changes, same remote.
@@ -405,11 +409,75 @@ func TestEnv(t *testing.T) {
 	e.runTo(again, againC, api.TaskStateRunning)
 	q = e.get(pluginName)
 	assert.Check(t, is.Equal(q.GetID(), id))
-	assert.Check(t, is.DeepEqual(q.PluginObj.Settings.Env, []string{"DEBUG=3"}))
+	assert.Check(t, is.DeepEqual(slices.Sorted(slices.Values(q.PluginObj.Settings.Env)), []string{"DEBUG=3", "MODE=ro"}))
 	e.assertRunning(q)
 
 	for _, c := range []exec.Controller{oldC, updC, againC} {
 		e.retire(c)
 	}
 	e.assertGone(pluginName, id)
+}
+
+// manifestDigest asks the registry for the digest of the manifest that the
+// tagged reference ref names, as a client pinning a remote would.
+func manifestDigest(t *testing.T, ref string) string {
+	t.Helper()
+	named, err := reference.ParseNormalizedNamed(ref)
+	assert.NilError(t, err)
+	tagged, ok := named.(reference.Tagged)
+	assert.Assert(t, ok, "%s has no tag", ref)
+	url := "http://" + reference.Domain(named) + "/v2/" + reference.Path(named) + "/manifests/" + tagged.Tag()
+	req, err := http.NewRequest(http.MethodHead, url, nil)
+	assert.NilError(t, err)
+	req.Header.Set("Accept", "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json")
+	req.Close = true // no keep-alive connection left for goleak
+	resp, err := http.DefaultClient.Do(req)
+	assert.NilError(t, err)
+	assert.NilError(t, resp.Body.Close())
+	assert.Equal(t, resp.StatusCode, http.StatusOK, url)
+	d := resp.Header.Get("Docker-Content-Digest")
+	assert.Assert(t, strings.HasPrefix(d, "sha256:"), "digest %q", d)
+	return d
+}
+
+// A service whose remote is pinned by digest and that gives no Name: the
+// plugin is named by the remote without its digest, a name the Manager can
+// look up (it cannot resolve a name with a digest), so the task installs
+// and runs it, a second task of the service finds it without pulling, and
+// the last task's Remove leaves nothing behind.
+func TestPinnedRemoteWithoutName(t *testing.T) {
+	e := newEnv(t)
+	pinned := v1 + "@" + manifestDigest(t, v1)
+	spec := swarm.RuntimeSpec{Remote: pinned}
+
+	t1 := newTask(t, "task-1", "svc-a", spec)
+	c1 := e.controller(t1)
+	e.runTo(t1, c1, api.TaskStateRunning)
+	p := e.get(v1)
+	id := p.GetID()
+	assert.Check(t, is.Equal(p.Name(), v1))
+	assert.Check(t, is.Equal(p.PluginObj.PluginReference, pinned))
+	assert.Check(t, is.Equal(p.SwarmServiceID, "svc-a"))
+	assert.Check(t, is.Equal(p.GetRefCount(), 1))
+	e.assertRunning(p)
+
+	t2 := newTask(t, "task-2", "svc-a", spec)
+	c2 := e.controller(t2)
+	gets := reg.BlobGets()
+	e.runTo(t2, c2, api.TaskStateRunning)
+	assert.Check(t, is.Equal(reg.BlobGets(), gets), "the second task pulled again")
+	assert.Check(t, is.Equal(e.get(v1).GetID(), id))
+	assert.Check(t, is.Equal(p.GetRefCount(), 2))
+
+	// Its Wait watches the plugin until the update that replaces it.
+	w := e.wait(t2, c2)
+	w.cancel()
+	assert.Check(t, is.ErrorIs(e.result(t2, w), exec.ErrTaskRetry))
+	e.shutdown(t2, c2)
+
+	e.retire(c1)
+	assert.Check(t, is.Equal(e.get(v1).GetID(), id))
+	e.assertRunning(p)
+	e.retire(c2)
+	e.assertGone(v1, id)
 }

@@ -50,6 +50,11 @@ type Env struct {
 	PrivPrivileges plugintypes.Privileges
 	// Missing is a remote that does not exist in the registry.
 	Missing string
+	// SettableEnv and FixedEnv are keys of environment variables that
+	// V1's config declares, with a default value: SettableEnv with
+	// "settable": ["value"], FixedEnv without "settable". The Set
+	// scenario needs both.
+	SettableEnv, FixedEnv string
 }
 
 // eventTimeout bounds the wait for an event that must arrive. Backends
@@ -428,18 +433,39 @@ func testEventFilter(t *testing.T, e Env) {
 	}
 }
 
+// testSet checks the rules of moby's Manager.Set (v2.Plugin.Set), which
+// decide which env changes of a service spec can reach an installed
+// plugin: the plugin must be disabled, and each key declared by its config
+// with a settable value. An arg without "=" is a key like any other, so an
+// undeclared one is not found.
 func testSet(t *testing.T, e Env) {
+	assert.Assert(t, e.SettableEnv != "" && e.FixedEnv != "", "the Env must name a settable and a fixed env key of V1")
 	assertNotFound(t, e.Backend.Set("nope", []string{"A=1"}))
 
-	mustPull(t, e, e.V1, "conf")
+	p := mustPull(t, e, e.V1, "conf")
 	assert.NilError(t, enable(e, "conf"))
-	err := e.Backend.Set("conf", []string{"A=1"})
+	err := e.Backend.Set("conf", []string{e.SettableEnv + "=1"})
 	assert.ErrorContains(t, err, "cannot set on an active plugin")
-
 	assert.NilError(t, disable(e, "conf", false))
-	err = e.Backend.Set("conf", []string{"BACKENDTEST_NOT_IN_CONFIG=1"})
-	assert.ErrorContains(t, err, "not found in the plugin configuration")
-	assert.Check(t, !slices.Contains(mustGet(t, e, "conf").PluginObj.Settings.Env, "BACKENDTEST_NOT_IN_CONFIG=1"))
+	before := slices.Clone(p.PluginObj.Settings.Env)
+	assert.Check(t, !slices.Contains(before, e.SettableEnv+"=1"))
+
+	for _, tc := range []struct {
+		arg  string
+		want string
+	}{
+		{"foo=1", `setting "foo" not found in the plugin configuration`},
+		{"baz", `setting "baz" not found in the plugin configuration`},
+		{e.FixedEnv + "=changed", fmt.Sprintf("%q is not settable", e.FixedEnv)},
+	} {
+		err := e.Backend.Set("conf", []string{tc.arg})
+		assert.Check(t, is.ErrorContains(err, tc.want), "Set(%q)", tc.arg)
+	}
+	assert.Check(t, is.DeepEqual(p.PluginObj.Settings.Env, before), "a refused Set changed the settings")
+
+	assert.NilError(t, e.Backend.Set("conf", []string{e.SettableEnv + "=1"}))
+	assert.Check(t, is.Contains(mustGet(t, e, "conf").PluginObj.Settings.Env, e.SettableEnv+"=1"))
+	assert.Check(t, is.Len(p.PluginObj.Settings.Env, len(before)), "Set replaces the setting, adds none")
 }
 
 func mustGet(t *testing.T, e Env, name string) *v2.Plugin {

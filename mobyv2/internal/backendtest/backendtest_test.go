@@ -24,8 +24,8 @@ func TestRunAgainstFake(t *testing.T) {
 	}
 	backendtest.Run(t, func(t *testing.T) backendtest.Env {
 		b := plugintest.NewBackend()
-		b.AddRemote("127.0.0.1:5000/vol:v1", plugintest.Remote{})
-		b.AddRemote("127.0.0.1:5000/vol:v2", plugintest.Remote{})
+		b.AddRemote("127.0.0.1:5000/vol:v1", plugintest.Remote{Env: []string{"DEBUG=0"}, FixedEnv: []string{"MODE=ro"}})
+		b.AddRemote("127.0.0.1:5000/vol:v2", plugintest.Remote{Env: []string{"DEBUG=0"}, FixedEnv: []string{"MODE=ro"}})
 		b.AddRemote("127.0.0.1:5000/priv:v1", plugintest.Remote{Privileges: privileges})
 		b.MissingRemote("127.0.0.1:5000/missing:v1")
 		return backendtest.Env{
@@ -35,6 +35,8 @@ func TestRunAgainstFake(t *testing.T) {
 			Priv:           "127.0.0.1:5000/priv:v1",
 			PrivPrivileges: privileges,
 			Missing:        "127.0.0.1:5000/missing:v1",
+			SettableEnv:    "DEBUG",
+			FixedEnv:       "MODE",
 		}
 	})
 }

@@ -36,6 +36,8 @@ func TestConformance(t *testing.T) {
 			Priv:           f.priv,
 			PrivPrivileges: privs,
 			Missing:        missing,
+			SettableEnv:    "DEBUG", // see StandardPlugins
+			FixedEnv:       "MODE",
 		}
 	})
 }

@@ -40,6 +40,10 @@ type PluginDef struct {
 	Privileged bool
 	// Env declares settable environment variables, as "KEY=DEFAULT".
 	Env []string
+	// FixedEnv declares environment variables that are not settable, as
+	// "KEY=DEFAULT": config.json entries without "settable", which the
+	// Manager's Set refuses (`"KEY" is not settable`).
+	FixedEnv []string
 }
 
 // Ref returns the plugin's reference in the registry at host
@@ -48,10 +52,11 @@ func (d PluginDef) Ref(host string) string { return host + "/" + d.Name }
 
 // StandardPlugins returns the fixture's usual plugins: v1 and v2 of one
 // repository, differing in description and layer, both declaring the
-// settable variable DEBUG=0, and priv, which requires privileges.
+// settable variable DEBUG=0 and the fixed (not settable) MODE=ro, in that
+// order, and priv, which requires privileges.
 func StandardPlugins() (v1, v2, priv PluginDef) {
-	v1 = PluginDef{Name: "realmanager/vol:v1", Description: "realmanager test volume plugin v1", Env: []string{"DEBUG=0"}}
-	v2 = PluginDef{Name: "realmanager/vol:v2", Description: "realmanager test volume plugin v2", Env: []string{"DEBUG=0"}}
+	v1 = PluginDef{Name: "realmanager/vol:v1", Description: "realmanager test volume plugin v1", Env: []string{"DEBUG=0"}, FixedEnv: []string{"MODE=ro"}}
+	v2 = PluginDef{Name: "realmanager/vol:v2", Description: "realmanager test volume plugin v2", Env: []string{"DEBUG=0"}, FixedEnv: []string{"MODE=ro"}}
 	priv = PluginDef{Name: "realmanager/privvol:latest", Description: "realmanager test volume plugin needing privileges", Privileged: true}
 	return v1, v2, priv
 }
@@ -84,6 +89,10 @@ func (d PluginDef) config() plugintypes.Config {
 	for _, kv := range d.Env {
 		k, v, _ := strings.Cut(kv, "=")
 		cfg.Env = append(cfg.Env, plugintypes.Env{Name: k, Settable: []string{"value"}, Value: &v})
+	}
+	for _, kv := range d.FixedEnv {
+		k, v, _ := strings.Cut(kv, "=")
+		cfg.Env = append(cfg.Env, plugintypes.Env{Name: k, Value: &v})
 	}
 	if d.Privileged {
 		cfg.Network.Type = "host"

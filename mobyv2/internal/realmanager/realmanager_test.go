@@ -13,6 +13,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -128,7 +129,7 @@ func TestManagerLifecycle(t *testing.T) {
 	id := p.GetID()
 	assert.Check(t, is.Equal(p.Name(), f.v1))
 	assert.Check(t, is.Equal(p.SwarmServiceID, "svc1"))
-	assert.Check(t, is.DeepEqual(p.PluginObj.Settings.Env, []string{"DEBUG=1"}))
+	assert.Check(t, is.DeepEqual(slices.Sorted(slices.Values(p.PluginObj.Settings.Env)), []string{"DEBUG=1", "MODE=ro"}))
 	assert.Check(t, is.Equal(p.PluginObj.Config.Description, "realmanager test volume plugin v1"))
 	assert.Check(t, !p.IsEnabled())
 	assert.Check(t, !m.Running(id))
@@ -178,7 +179,7 @@ func TestManagerLifecycle(t *testing.T) {
 	assert.Check(t, is.Equal(up.PluginObj.Config.Description, "realmanager test volume plugin v2"))
 	assert.Check(t, is.Equal(up.SwarmServiceID, "svc1"))
 	assert.NilError(t, m.Set(f.v1, []string{"DEBUG=2"}))
-	assert.Check(t, is.DeepEqual(up.PluginObj.Settings.Env, []string{"DEBUG=2"}))
+	assert.Check(t, is.DeepEqual(slices.Sorted(slices.Values(up.PluginObj.Settings.Env)), []string{"DEBUG=2", "MODE=ro"}))
 
 	// The privileged plugin: wrong grants are refused, the computed ones work.
 	privs, err = m.RequiredPrivileges(ctx, f.priv)

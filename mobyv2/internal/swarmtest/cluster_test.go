@@ -6,14 +6,22 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"reflect"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
+	"github.com/distribution/reference"
+	gogotypes "github.com/gogo/protobuf/types"
+	plugintypes "github.com/moby/moby/api/types/plugin"
+	"github.com/moby/moby/api/types/registry"
 	"github.com/moby/moby/api/types/swarm"
+	mobyplugin "github.com/moby/moby/v2/daemon/pkg/plugin"
 	"github.com/moby/swarmkit/v2/api"
 	"go.uber.org/goleak"
 	"gotest.tools/v3/assert"
@@ -48,12 +56,19 @@ const (
 // the end of the test.
 func startCluster(t *testing.T, workers int) *swarmtest.Cluster {
 	t.Helper()
+	return startClusterWith(t, workers, newBackend)
+}
+
+// startClusterWith is startCluster with each node's backend made by
+// backendFor.
+func startClusterWith(t *testing.T, workers int, backendFor func(hostname string) (plugin.Backend, error)) *swarmtest.Cluster {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
 	defer cancel()
 	start := time.Now()
 	c, err := swarmtest.Start(ctx, swarmtest.Options{
 		Workers:    workers,
-		NewBackend: newBackend,
+		NewBackend: backendFor,
 		Verbose:    os.Getenv("SWARMTEST_VERBOSE") != "",
 	})
 	assert.NilError(t, err)
@@ -72,7 +87,13 @@ func newBackend(string) (plugin.Backend, error) {
 	return b, nil
 }
 
-func fake(n *swarmtest.Node) *plugintest.Backend { return n.Backend.(*plugintest.Backend) }
+// fake returns the plugintest.Backend of node n, under its wrapper if any.
+func fake(n *swarmtest.Node) *plugintest.Backend {
+	if b, ok := n.Backend.(*cutUpgradeBackend); ok {
+		return b.Backend
+	}
+	return n.Backend.(*plugintest.Backend)
+}
 
 func waitCtx(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
@@ -285,4 +306,115 @@ func TestPluginServiceSpec(t *testing.T) {
 	shutdown := running("b")
 	shutdown.DesiredState = api.TaskStateShutdown
 	assert.Check(t, !pred([]*api.Task{running("a"), shutdown}))
+}
+
+// cutUpgradeBackend is a node's fake whose first Upgrade stalls, like a slow
+// registry, until swarmkit cancels the Prepare that called it, and then
+// fails with the context's error wrapped as moby's fetch wraps it.
+//
+// swarmkit cancels that Prepare when it raises the new task of an update
+// from desired READY to RUNNING, which it does once the old task has shut
+// down (restart.Supervisor.DelayStart). Nothing orders the new task's
+// Prepare before that shutdown but timing (the old task's cancelled Wait
+// costs a 1 s retry), so the fake makes it certain: once holdWait is set,
+// the next cancel of an event subscription, that of the old task's Wait as
+// it returns, waits until the first Upgrade has begun. The old task can
+// shut down only after its Wait has returned.
+type cutUpgradeBackend struct {
+	*plugintest.Backend
+	holdWait  atomic.Bool
+	upgraded  atomic.Bool
+	upgrading chan struct{} // closed when the first Upgrade begins
+	cut       chan error    // the first Upgrade's error
+	stop      <-chan struct{}
+}
+
+func newCutUpgradeBackend(stop <-chan struct{}) *cutUpgradeBackend {
+	b, _ := newBackend("")
+	return &cutUpgradeBackend{
+		Backend:   b.(*plugintest.Backend),
+		upgrading: make(chan struct{}),
+		cut:       make(chan error, 1),
+		stop:      stop,
+	}
+}
+
+func (b *cutUpgradeBackend) Upgrade(ctx context.Context, ref reference.Named, name string, h http.Header, a *registry.AuthConfig, p plugintypes.Privileges, w io.Writer) error {
+	if !b.upgraded.CompareAndSwap(false, true) {
+		return b.Backend.Upgrade(ctx, ref, name, h, a, p, w)
+	}
+	close(b.upgrading)
+	select {
+	case <-ctx.Done():
+	case <-b.stop:
+	}
+	err := fmt.Errorf("error resolving plugin reference: %w", context.Cause(ctx))
+	b.cut <- err
+	return err
+}
+
+func (b *cutUpgradeBackend) SubscribeEvents(buffer int, events ...mobyplugin.Event) (<-chan interface{}, func()) {
+	ch, cancel := b.Backend.SubscribeEvents(buffer, events...)
+	return ch, func() {
+		if b.holdWait.CompareAndSwap(true, false) {
+			select {
+			case <-b.upgrading:
+			case <-b.stop:
+			}
+		}
+		cancel()
+	}
+}
+
+// TestUpdateWithCancelledPrepare: during an update, the new task's Prepare
+// is cancelled while it upgrades (swarmkit raises the task to RUNNING); it
+// is retried, not rejected, and the update completes with every node
+// running the new spec.
+func TestUpdateWithCancelledPrepare(t *testing.T) {
+	stop := make(chan struct{})
+	c := startClusterWith(t, 1, func(string) (plugin.Backend, error) { return newCutUpgradeBackend(stop), nil })
+	t.Cleanup(func() { close(stop) }) // runs before the cluster stops
+	spec := swarm.RuntimeSpec{Name: pluginName, Remote: remote, Env: []string{"DEBUG=1"}}
+	id := deploy(t, c, spec)
+
+	for _, n := range c.Nodes() {
+		n.Backend.(*cutUpgradeBackend).holdWait.Store(true)
+	}
+	spec.Env = []string{"DEBUG=2"}
+	rt := plugintest.Runtime(spec)
+	assert.NilError(t, c.UpdateServiceSpec(waitCtx(t), id, func(s *api.ServiceSpec) {
+		s.Task.Runtime = rt
+		// A new task that never ran pauses the update whatever the
+		// monitoring period; a short one only ends the wait for
+		// COMPLETED sooner than the default 5 s.
+		s.Update.Monitor = gogotypes.DurationProto(500 * time.Millisecond)
+	}))
+	for _, n := range c.Nodes() {
+		select {
+		case err := <-n.Backend.(*cutUpgradeBackend).cut:
+			assert.Check(t, errors.Is(err, context.Canceled), "%s: %v", n.Hostname, err)
+		case <-waitCtx(t).Done():
+			t.Fatalf("%s: the first Upgrade was not cancelled", n.Hostname)
+		}
+	}
+	waitRunning(t, c, id, spec)
+
+	var status *api.UpdateStatus
+	err := swarmtest.Poll(waitCtx(t), "the update to end", func() (bool, string) {
+		resp, err := c.Control().GetService(waitCtx(t), &api.GetServiceRequest{ServiceID: id})
+		if err != nil {
+			return false, err.Error()
+		}
+		status = resp.Service.UpdateStatus
+		return status != nil && status.State != api.UpdateStatus_UPDATING, fmt.Sprintf("%v", status)
+	})
+	assert.NilError(t, err)
+	assert.Check(t, is.Equal(status.State, api.UpdateStatus_COMPLETED), "%s", status.Message)
+	tasks, err := c.Tasks(waitCtx(t), id)
+	assert.NilError(t, err)
+	for _, tk := range tasks {
+		assert.Check(t, tk.Status.State != api.TaskStateRejected, "a task was rejected:\n%s", c.FormatTasks(tasks))
+	}
+	checkInstalled(t, c, id, spec)
+	removeAndCheckGone(t, c, id)
 }
