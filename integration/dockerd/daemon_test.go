@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/swarm"
 	"github.com/docker/docker/client"
 	"github.com/moby/sys/mount"
@@ -203,7 +204,7 @@ func (d *Daemon) Close() error {
 		if err := d.Client.SwarmLeave(ctx, true); err != nil && !strings.Contains(err.Error(), "not part of a swarm") {
 			note(fmt.Errorf("swarm leave: %w", err))
 		}
-		if err := d.Client.NetworkRemove(ctx, "docker_gwbridge"); err != nil && !client.IsErrNotFound(err) {
+		if err := d.Client.NetworkRemove(ctx, "docker_gwbridge"); err != nil && !cerrdefs.IsNotFound(err) {
 			note(fmt.Errorf("removing docker_gwbridge: %w", err))
 		}
 		cancel()

@@ -13,12 +13,12 @@ import (
 	"strings"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/swarm"
 	"github.com/docker/docker/api/types/swarm/runtime"
 	"github.com/docker/docker/api/types/volume"
-	"github.com/docker/docker/client"
 )
 
 const (
@@ -34,6 +34,11 @@ const (
 // what it saw; the timeout error carries the last one (check always gets
 // ctx itself, so its last call is not cut short by the deadline).
 func poll(ctx context.Context, what string, check func(context.Context) (done bool, state string, err error)) error {
+	return pollFor(ctx, patience, what, check)
+}
+
+// pollFor is poll with a patience of its own.
+func pollFor(ctx context.Context, patience time.Duration, what string, check func(context.Context) (done bool, state string, err error)) error {
 	deadline := time.Now().Add(patience)
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
@@ -272,7 +277,7 @@ type observed struct {
 func (s *scenarioRun) observe(ctx context.Context, name string) observed {
 	o := observed{name: name}
 	keep := func(err error) {
-		if err != nil && o.err == nil && !client.IsErrNotFound(err) {
+		if err != nil && o.err == nil && !cerrdefs.IsNotFound(err) {
 			o.err = err
 		}
 	}
@@ -343,11 +348,21 @@ func (d *Daemon) pluginDir(id string) string {
 	return filepath.Join(d.path(dataRoot), "plugins", id)
 }
 
-// reset removes every service, volume and plugin from the daemon, so that
-// the next scenario starts clean whatever this one left behind: services
-// first, letting their tasks remove their plugins, then by force what
-// remains; last it waits for every plugin task to end.
+// reset removes every volume, service and plugin from the daemon, so that
+// the next scenario starts clean whatever this one left behind: volumes
+// first (by force: their driver may be disabled), then services, letting
+// their tasks remove their plugins, then by force the plugins left; last
+// it waits for every plugin task to end.
 func (d *Daemon) reset(ctx context.Context) error {
+	vols, err := d.Client.VolumeList(ctx, volume.ListOptions{})
+	if err != nil {
+		return err
+	}
+	for _, v := range vols.Volumes {
+		if err := d.Client.VolumeRemove(ctx, v.Name, true); err != nil {
+			return err
+		}
+	}
 	services, err := d.Client.ServiceList(ctx, swarm.ServiceListOptions{Filters: pluginRuntime()})
 	if err != nil {
 		return err
@@ -359,21 +374,12 @@ func (d *Daemon) reset(ctx context.Context) error {
 	}
 	var plugins types.PluginsListResponse
 	if len(services) > 0 {
-		// A task's Remove takes about 1.6 s; if it never comes, the plugin
-		// is removed by force below.
-		_ = poll(ctx, "the services' plugins to be removed", func(ctx context.Context) (bool, string, error) {
+		// A task's Remove takes about 1.6 s. A controller that fails to
+		// remove its plugin leaves it to the forced removal below.
+		_ = pollFor(ctx, 10*time.Second, "the services' plugins to be removed", func(ctx context.Context) (bool, string, error) {
 			plugins, err = d.Client.PluginList(ctx, filters.Args{})
 			return err == nil && len(plugins) == 0, fmt.Sprint(len(plugins), err), nil
 		})
-	}
-	vols, err := d.Client.VolumeList(ctx, volume.ListOptions{})
-	if err != nil {
-		return err
-	}
-	for _, v := range vols.Volumes {
-		if err := d.Client.VolumeRemove(ctx, v.Name, true); err != nil {
-			return err
-		}
 	}
 	if plugins, err = d.Client.PluginList(ctx, filters.Args{}); err != nil {
 		return err
