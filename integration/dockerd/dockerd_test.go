@@ -56,9 +56,14 @@ func TestDockerd(t *testing.T) {
 	}
 }
 
+// scenarioTimeout bounds a scenario and the reset after it, API calls
+// included (each wait is bounded by patience).
+const scenarioTimeout = 5 * time.Minute
+
 // runScenario runs sc on d, then resets d for the next scenario.
 func runScenario(t *testing.T, d *Daemon, plugins *published, sc *scenario) *scenarioResult {
-	ctx := context.Background()
+	ctx, cancel := context.WithTimeout(context.Background(), scenarioTimeout)
+	defer cancel()
 	_, logStart := d.logSince(0)
 	r := &scenarioResult{scenario: sc}
 	sc.run(&scenarioRun{ctx: ctx, d: d, plugins: plugins, result: r})
@@ -265,7 +270,7 @@ func (s *scenarioRun) updateStep(step string, spec runtime.PluginSpec, want plug
 		if err != nil {
 			return err
 		}
-		if err := s.waitUpdate(ctx, since); err != nil {
+		if err := s.waitUpdate(ctx, since, pluginName(spec)); err != nil {
 			return err
 		}
 		return s.waitPlugin(ctx, pluginName(spec), want)

@@ -81,6 +81,16 @@ func requireHost(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: the forked-daemon test builds two dockerd binaries and runs them")
 	}
+	if missing := hostMissing(); missing != "" {
+		t.Skipf("needs %s (Debian: apt-get install containerd runc; run as root)", missing)
+	}
+}
+
+// hostMissing lists what this machine lacks to run dockerd, or is empty.
+// It is computed once: the CAP_SYS_ADMIN probe ends an OS thread, which
+// must not happen while the harness's children run (they get SIGKILL when
+// the thread that started them ends; see startProcess).
+var hostMissing = sync.OnceValue(func() string {
 	var missing []string
 	if err := rm.Supported(); err != nil {
 		missing = append(missing, err.Error())
@@ -90,10 +100,8 @@ func requireHost(t *testing.T) {
 			missing = append(missing, bin+" on the PATH")
 		}
 	}
-	if len(missing) > 0 {
-		t.Skipf("needs %s (Debian: apt-get install containerd runc; run as root)", strings.Join(missing, "; "))
-	}
-}
+	return strings.Join(missing, "; ")
+})
 
 // setup builds the binaries and starts the registry, once per test binary
 // run.

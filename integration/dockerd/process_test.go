@@ -28,6 +28,11 @@ type process struct {
 // startProcess starts argv with its standard output and error appended to
 // the file logPath. The process gets SIGKILL if the test process dies
 // first (a timeout's panic), so that nothing outlives a crashed test.
+//
+// Linux sends that signal when the OS thread that started the child ends,
+// not the process. The Go runtime ends a thread only when a goroutine
+// locked to it returns; the harness does that once, in hostMissing, before
+// it starts any process.
 func startProcess(name, logPath string, env []string, argv ...string) (*process, error) {
 	logFile, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
