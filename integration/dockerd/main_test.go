@@ -92,8 +92,10 @@ func requireHost(t *testing.T) {
 // the thread that started them ends; see startProcess).
 var hostMissing = sync.OnceValue(func() string {
 	var missing []string
-	if err := rm.Supported(); err != nil {
-		missing = append(missing, err.Error())
+	if euid := os.Geteuid(); euid != 0 {
+		missing = append(missing, fmt.Sprintf("root (euid is %d)", euid))
+	} else if err := rm.Supported(); err != nil {
+		missing = append(missing, "CAP_SYS_ADMIN, which dockerd needs to unpack plugins: "+err.Error())
 	}
 	for _, bin := range []string{"containerd", "containerd-shim-runc-v2", "runc"} {
 		if _, err := exec.LookPath(bin); err != nil {
