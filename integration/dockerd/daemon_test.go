@@ -1,0 +1,309 @@
+//go:build linux
+
+package dockerd_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types/swarm"
+	"github.com/docker/docker/client"
+	"github.com/moby/sys/mount"
+)
+
+// dockerdFlags are the flags every dockerd of the harness gets besides its
+// paths (NOTES.md, "A forked dockerd on this machine"): the plugin runtime
+// needs --experimental; the rest keeps dockerd off the host's network
+// configuration and storage.
+var dockerdFlags = []string{
+	"--experimental",
+	"--userland-proxy=false",
+	"--storage-driver", "vfs",
+	"--iptables=false", "--ip6tables=false",
+	"--bridge=none", "--ip-masq=false",
+	"--log-level", "info",
+}
+
+// Daemon is one dockerd of a flavor with a containerd of its own, all
+// state in a private directory under /tmp (short: unix socket paths are
+// limited to 108 bytes). Start and Stop may be repeated; the data root is
+// kept between them, as a daemon restart keeps /var/lib/docker. Close ends
+// everything and removes the directory.
+type Daemon struct {
+	Flavor flavor
+	Client *client.Client // valid from newDaemon to Close, across restarts
+
+	bin        string
+	dir        string
+	containerd *process
+	dockerd    *process        // nil while stopped
+	links      map[string]bool // the host's network interfaces before
+	hostDirs   map[string]bool // which of hostDirs existed before
+}
+
+// hostDirs are directories outside its own that the daemon creates if they
+// are missing: containerd's shims put their sockets in /run/containerd/s,
+// dockerd watches /run/docker/plugins for plugin sockets. Close removes
+// those that did not exist before, if they are empty.
+var hostDirs = []string{"/run/containerd/s", "/run/containerd", "/run/docker/plugins", "/run/docker"}
+
+func (d *Daemon) path(name string) string { return filepath.Join(d.dir, name) }
+
+// Layout of d.dir.
+const (
+	containerdConfig = "containerd.toml"
+	containerdSocket = "c.sock"
+	containerdLog    = "containerd.log"
+	dockerdSocket    = "d.sock"
+	dockerdLog       = "dockerd.log"
+	dataRoot         = "data"
+	execRoot         = "exec"
+)
+
+// newDaemon creates the daemon's directory and starts its containerd;
+// dockerd itself starts with Start. The caller must call Close, even on
+// error.
+func newDaemon(ctx context.Context, f flavor, bin string) (*Daemon, error) {
+	links, err := netLinks()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "dk")
+	if err != nil {
+		return nil, err
+	}
+	d := &Daemon{Flavor: f, bin: bin, dir: dir, links: links, hostDirs: map[string]bool{}}
+	for _, dir := range hostDirs {
+		_, err := os.Stat(dir)
+		d.hostDirs[dir] = err == nil
+	}
+	d.Client, err = client.NewClientWithOpts(client.WithHost("unix://"+d.path(dockerdSocket)), client.WithAPIVersionNegotiation())
+	if err != nil {
+		return d, err
+	}
+	config := fmt.Sprintf(`version = 2
+root = %q
+state = %q
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = %q
+`, d.path("c-root"), d.path("c-state"), d.path(containerdSocket))
+	if err := os.WriteFile(d.path(containerdConfig), []byte(config), 0o644); err != nil {
+		return d, err
+	}
+	d.containerd, err = startProcess("containerd", d.path(containerdLog), hostEnv(),
+		"containerd", "--config", d.path(containerdConfig))
+	if err != nil {
+		return d, err
+	}
+	err = waitReady(ctx, d.containerd, d.path(containerdLog), func(ctx context.Context) error {
+		c, err := (&net.Dialer{}).DialContext(ctx, "unix", d.path(containerdSocket))
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
+	return d, err
+}
+
+// Start starts dockerd on the daemon's data root and returns once its API
+// answers. A daemon that was in a swarm rejoins it by itself.
+func (d *Daemon) Start(ctx context.Context) error {
+	if d.dockerd != nil {
+		return errors.New("dockerd is already running")
+	}
+	if err := os.WriteFile(d.path("daemon.json"), []byte("{}\n"), 0o644); err != nil {
+		return err
+	}
+	args := append([]string{d.bin,
+		"--config-file", d.path("daemon.json"),
+		"--data-root", d.path(dataRoot),
+		"--exec-root", d.path(execRoot),
+		"--pidfile", d.path("dockerd.pid"),
+		"--containerd", d.path(containerdSocket),
+		"-H", "unix://" + d.path(dockerdSocket),
+	}, dockerdFlags...)
+	p, err := startProcess("dockerd "+string(d.Flavor), d.path(dockerdLog), hostEnv(), args...)
+	if err != nil {
+		return err
+	}
+	d.dockerd = p
+	return waitReady(ctx, p, d.path(dockerdLog), func(ctx context.Context) error {
+		_, err := d.Client.Ping(ctx)
+		return err
+	})
+}
+
+// Stop sends dockerd SIGTERM and waits for it to exit, as a service
+// manager stops the daemon. It keeps the data root and containerd.
+func (d *Daemon) Stop() error {
+	if d.dockerd == nil {
+		return nil
+	}
+	err := d.dockerd.stop(syscall.SIGTERM, time.Minute)
+	d.dockerd = nil
+	return err
+}
+
+// Restart stops dockerd and starts it again on the same data root.
+func (d *Daemon) Restart(ctx context.Context) error {
+	if err := d.Stop(); err != nil {
+		return err
+	}
+	return d.Start(ctx)
+}
+
+// InitSwarm makes the daemon a one-node swarm on loopback and waits until
+// it is an active manager. The swarm listens on a free port rather than
+// 2377, so that it does not clash with another daemon on the machine.
+func (d *Daemon) InitSwarm(ctx context.Context) error {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	addr := l.Addr().String()
+	if err := l.Close(); err != nil {
+		return err
+	}
+	if _, err := d.Client.SwarmInit(ctx, swarm.InitRequest{ListenAddr: addr, AdvertiseAddr: "127.0.0.1"}); err != nil {
+		return err
+	}
+	return poll(ctx, "the swarm to be active", func(ctx context.Context) (bool, string, error) {
+		info, err := d.Client.Info(ctx)
+		if err != nil {
+			return false, "", err
+		}
+		s := info.Swarm
+		return s.LocalNodeState == swarm.LocalNodeStateActive && s.ControlAvailable,
+			fmt.Sprintf("state %s, manager %v, error %q", s.LocalNodeState, s.ControlAvailable, s.Error), nil
+	})
+}
+
+// Close leaves the swarm, removes docker_gwbridge, stops dockerd and
+// containerd, kills any shim left over, deletes the network interfaces the
+// daemon created, unmounts everything under the daemon's directory and
+// removes it. It reports every failure and goes on.
+func (d *Daemon) Close() error {
+	var errs []error
+	note := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if d.dockerd != nil && d.dockerd.running() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		if err := d.Client.SwarmLeave(ctx, true); err != nil && !strings.Contains(err.Error(), "not part of a swarm") {
+			note(fmt.Errorf("swarm leave: %w", err))
+		}
+		if err := d.Client.NetworkRemove(ctx, "docker_gwbridge"); err != nil && !cerrdefs.IsNotFound(err) {
+			note(fmt.Errorf("removing docker_gwbridge: %w", err))
+		}
+		cancel()
+	}
+	note(d.Stop())
+	if d.containerd != nil {
+		note(d.containerd.stop(syscall.SIGTERM, 30*time.Second))
+		pids, err := killShims(d.path(containerdSocket))
+		note(err)
+		if len(pids) > 0 {
+			note(fmt.Errorf("killed processes left by containerd: %v", pids))
+		}
+	}
+	if d.Client != nil {
+		note(d.Client.Close())
+	}
+	note(d.deleteNewLinks())
+	note(mount.RecursiveUnmount(d.dir))
+	note(os.RemoveAll(d.dir))
+	for _, dir := range hostDirs {
+		if !d.hostDirs[dir] {
+			_ = os.Remove(dir) // fails if not empty: then it is in use
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// deleteNewLinks deletes the bridges and veths that appeared on the host
+// since newDaemon; after a swarm leave and the removal of docker_gwbridge
+// there are none. Another program creating such links meanwhile would lose
+// them: the harness runs on test machines only.
+func (d *Daemon) deleteNewLinks() error {
+	now, err := netLinks()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for name := range now {
+		if d.links[name] || !(name == "docker_gwbridge" || strings.HasPrefix(name, "veth")) {
+			continue
+		}
+		if out, err := exec.Command("ip", "link", "delete", name).CombinedOutput(); err != nil {
+			errs = append(errs, fmt.Errorf("deleting link %s left by dockerd: %v: %s", name, err, out))
+		} else {
+			errs = append(errs, fmt.Errorf("deleted link %s left by dockerd", name))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// netLinks returns the names of the host's network interfaces.
+func netLinks() (map[string]bool, error) {
+	entries, err := os.ReadDir("/sys/class/net")
+	if err != nil {
+		return nil, err
+	}
+	links := map[string]bool{}
+	for _, e := range entries {
+		links[e.Name()] = true
+	}
+	return links, nil
+}
+
+// hostEnv is the environment of containerd and dockerd: the test's,
+// without proxy settings, which must not apply to the loopback registry.
+func hostEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if !strings.HasSuffix(strings.ToLower(k), "_proxy") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// waitReady polls ready until it succeeds, failing early if p exits; the
+// error then holds the end of p's log.
+func waitReady(ctx context.Context, p *process, logPath string, ready func(context.Context) error) error {
+	err := poll(ctx, p.name+" to be ready", func(ctx context.Context) (bool, string, error) {
+		if !p.running() {
+			return false, "", fmt.Errorf("%s exited: %v", p.name, p.err)
+		}
+		err := ready(ctx)
+		return err == nil, fmt.Sprint(err), nil
+	})
+	if err != nil {
+		log, _ := os.ReadFile(logPath)
+		return fmt.Errorf("%w\n%s", err, tail(string(log), 20))
+	}
+	return nil
+}
+
+// logSince returns dockerd's log from byte offset on, and the offset of
+// its end.
+func (d *Daemon) logSince(offset int64) (string, int64) {
+	log, err := os.ReadFile(d.path(dockerdLog))
+	if err != nil || int64(len(log)) < offset {
+		return "", int64(len(log))
+	}
+	return string(log[offset:]), int64(len(log))
+}

@@ -1,0 +1,342 @@
+//go:build linux
+
+package dockerd_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/swarm/runtime"
+	"github.com/docker/docker/api/types/volume"
+)
+
+// scenarios are issue 15's scenarios (a)–(e), each with its own plugin
+// name and service, run in this order on each daemon. The fork must pass
+// them all. stock records what the issue says stock dockerd does.
+var scenarios = []*scenario{
+	{id: "a", title: "moby's TestServicePlugin flow, Env [baz foo=bar]", run: servicePluginFlow, stock: &outcome{}},
+	{id: "b", title: "settable env update VERSION=1 → 7 is applied", run: settableEnvUpdate, stock: &outcome{failsAt: "VERSION=7 applied"}},
+	{id: "c", title: "undeclared env key update foo=bar → foo=qux", run: undeclaredEnvUpdate, stock: &outcome{}},
+	{id: "d", title: "plugin used by a volume: upgrade, then Disabled", run: volumeInUse, stock: &outcome{failsAt: "Disabled waits for the volume"}},
+	{id: "e", title: "removing the service removes the plugin", run: removeService},
+}
+
+// TestDockerd runs every scenario on stock dockerd, then on the fork, and
+// logs the side-by-side table (also written to $DOCKERD_TABLE if set).
+// Subtests are TestDockerd/<flavor>/<scenario id>.
+func TestDockerd(t *testing.T) {
+	requireHost(t)
+	setup(t)
+	results := map[flavor][]*scenarioResult{}
+	for _, f := range []flavor{stock, fork} {
+		t.Run(string(f), func(t *testing.T) {
+			d, plugins := startDaemon(t, f)
+			for _, sc := range scenarios {
+				t.Run(sc.id, func(t *testing.T) {
+					r := runScenario(t, d, plugins, sc)
+					results[f] = append(results[f], r)
+					judge(t, f, r)
+				})
+			}
+		})
+	}
+	if len(results) == 0 {
+		return
+	}
+	tbl := table(results)
+	t.Logf("setup (builds, registry) %.1f s: %v\n\n%s", shared.setup.Seconds(), shared.bins, tbl)
+	if err := writeTable(tbl); err != nil {
+		t.Error(err)
+	}
+}
+
+// scenarioTimeout bounds a scenario and the reset after it, API calls
+// included (each wait is bounded by patience).
+const scenarioTimeout = 5 * time.Minute
+
+// runScenario runs sc on d, then resets d for the next scenario.
+func runScenario(t *testing.T, d *Daemon, plugins *published, sc *scenario) *scenarioResult {
+	ctx, cancel := context.WithTimeout(context.Background(), scenarioTimeout)
+	defer cancel()
+	_, logStart := d.logSince(0)
+	r := &scenarioResult{scenario: sc}
+	sc.run(&scenarioRun{ctx: ctx, d: d, plugins: plugins, result: r})
+	for _, st := range r.steps {
+		switch {
+		case !st.ran:
+			t.Logf("%-34s not run", st.name)
+		case st.err != nil:
+			t.Logf("%-34s FAIL after %.1f s: %v", st.name, st.took.Seconds(), st.err)
+		default:
+			t.Logf("%-34s ok   %.1f s %s", st.name, st.took.Seconds(), strings.Join(st.notes, "; "))
+		}
+	}
+	if r.outcome().failsAt != "" {
+		log, _ := d.logSince(logStart)
+		t.Logf("dockerd %s's warnings and errors about plugins during the scenario:\n%s", d.Flavor, pluginLogExcerpt(log, 30))
+	}
+	r.cleanup = d.reset(ctx)
+	return r
+}
+
+// judge fails t if r contradicts what is expected of flavor f: the fork
+// passes everything; stock does what issue 15 says it does, where it says
+// anything.
+func judge(t *testing.T, f flavor, r *scenarioResult) {
+	t.Helper()
+	if r.cleanup != nil {
+		t.Errorf("resetting dockerd %s after the scenario: %v", f, r.cleanup)
+	}
+	got := r.outcome()
+	switch {
+	case f == fork && got.failsAt != "":
+		t.Errorf("fork: %s", r.failure())
+	case f == stock && r.scenario.stock != nil && got != *r.scenario.stock:
+		t.Errorf("stock: %v, issue 15 says %v (%s)", got, *r.scenario.stock, r.failure())
+	case f == stock && got.failsAt != "":
+		t.Logf("stock fails as expected: %s", r.failure())
+	}
+}
+
+// servicePluginFlow is (a), moby's integration/service/plugin_test.go
+// (TestServicePlugin) on one node, with its Env: create, upgrade to :2,
+// disable, enable, remove, create without a Name.
+func servicePluginFlow(s *scenarioRun) {
+	const name = "vol-a"
+	env := []string{"baz", "foo=bar"} // "baz" is ignored at install
+	spec := runtime.PluginSpec{Name: name, Remote: s.plugins.v1, Env: env}
+	s.step("create", func(ctx context.Context) error {
+		if err := s.createService(ctx, spec); err != nil {
+			return err
+		}
+		if err := s.waitPlugin(ctx, name, pluginWant{enabled: true, remote: s.plugins.v1}); err != nil {
+			return err
+		}
+		p, err := s.inspect(ctx, name)
+		if err != nil {
+			return err
+		}
+		s.notef("Settings.Env %q", p.Settings.Env)
+		if !slices.Contains(p.Settings.Env, "foo=bar") || slices.ContainsFunc(p.Settings.Env, func(e string) bool { return strings.HasPrefix(e, "baz") }) {
+			return fmt.Errorf("Settings.Env %q, want foo=bar and no baz", p.Settings.Env)
+		}
+		return nil
+	})
+	spec.Remote = s.plugins.v2
+	s.updateStep("update to :2", spec, pluginWant{enabled: true, remote: s.plugins.v2})
+	spec.Disabled = true
+	s.updateStep("disable", spec, pluginWant{enabled: false, remote: s.plugins.v2})
+	spec.Disabled = false
+	s.updateStep("enable", spec, pluginWant{enabled: true, remote: s.plugins.v2})
+	s.removeStep("remove", name)
+
+	s.step("create without Name", func(ctx context.Context) error {
+		if err := s.createService(ctx, runtime.PluginSpec{Remote: s.plugins.v1, Env: env}); err != nil {
+			return err
+		}
+		return s.waitPlugin(ctx, s.plugins.v1, pluginWant{enabled: true, remote: s.plugins.v1})
+	})
+	s.removeStep("remove (no Name)", s.plugins.v1)
+}
+
+// settableEnvUpdate is (b): a service update that changes a declared,
+// value-settable env entry reaches the installed plugin.
+func settableEnvUpdate(s *scenarioRun) {
+	const name = "vol-b"
+	spec := runtime.PluginSpec{Name: name, Remote: s.plugins.v1, Env: []string{settableEnv + "=1"}}
+	s.createStep("create "+settableEnv+"=1", spec, pluginWant{enabled: true, env: spec.Env})
+	spec.Env = []string{settableEnv + "=7"}
+	s.updateStep("update to "+settableEnv+"=7", spec, pluginWant{enabled: true})
+	s.step(settableEnv+"=7 applied", func(ctx context.Context) error {
+		p, err := s.inspect(ctx, name)
+		if err != nil {
+			return err
+		}
+		if !slices.Contains(p.Settings.Env, settableEnv+"=7") {
+			return fmt.Errorf("Settings.Env %q after the update, want %s=7", p.Settings.Env, settableEnv)
+		}
+		return nil
+	})
+	s.removeStep("remove", name)
+}
+
+// undeclaredEnvUpdate is (c): a service update that changes an env key
+// the plugin's config does not declare (Set refuses it) completes, and the
+// plugin stays enabled with a RUNNING task.
+func undeclaredEnvUpdate(s *scenarioRun) {
+	const name = "vol-c"
+	spec := runtime.PluginSpec{Name: name, Remote: s.plugins.v1, Env: []string{"foo=bar"}}
+	s.createStep("create foo=bar", spec, pluginWant{enabled: true, env: spec.Env})
+	spec.Env = []string{"foo=qux"}
+	s.updateStep("update to foo=qux", spec, pluginWant{enabled: true})
+	s.step("stays enabled and RUNNING", func(ctx context.Context) error {
+		return s.stable(ctx, name, 2*time.Second)
+	})
+	s.removeStep("remove", name)
+}
+
+// volumeInUse is (d): a volume on the plugin's driver holds a reference
+// on the plugin. An upgrade to :2 completes anyway and the volume is then
+// answered by the new version; a Disabled spec waits, saying why in the
+// task's status, until the volume is removed.
+func volumeInUse(s *scenarioRun) {
+	const name, vol = "vol-d", "vd"
+	spec := runtime.PluginSpec{Name: name, Remote: s.plugins.v1}
+	s.createStep("create", spec, pluginWant{enabled: true})
+	s.step("volume create", func(ctx context.Context) error {
+		if _, err := s.d.Client.VolumeCreate(ctx, volume.CreateOptions{Name: vol, Driver: name}); err != nil {
+			return err
+		}
+		return s.volumeServedBy(ctx, vol, "1")
+	})
+	spec.Remote = s.plugins.v2
+	s.updateStep("update to :2", spec, pluginWant{enabled: true, remote: s.plugins.v2})
+	s.step("volume answered by :2", func(ctx context.Context) error {
+		return s.volumeServedBy(ctx, vol, "2")
+	})
+	spec.Disabled = true
+	s.step("Disabled waits for the volume", func(ctx context.Context) error {
+		if _, err := s.updateService(ctx, spec); err != nil {
+			return err
+		}
+		return poll(ctx, "the task to say the plugin is in use", func(ctx context.Context) (bool, string, error) {
+			st := s.observe(ctx, name)
+			if st.plugin != nil && !st.plugin.Enabled {
+				return false, st.String(), errors.New("the plugin was disabled while a volume uses it")
+			}
+			t := st.newestTask()
+			if t == nil || !strings.Contains(t.Status.Err, "in use") {
+				return false, st.String(), nil
+			}
+			s.notef("task status: %s %q", t.Status.State, t.Status.Err)
+			return true, st.String(), nil
+		})
+	})
+	s.step("volume rm, then disabled", func(ctx context.Context) error {
+		if err := s.d.Client.VolumeRemove(ctx, vol, false); err != nil {
+			return err
+		}
+		return s.waitPlugin(ctx, name, pluginWant{enabled: false, remote: s.plugins.v2})
+	})
+	s.removeStep("remove", name)
+}
+
+// removeService is (e): removing the service removes the plugin, its
+// directory under the data root included.
+func removeService(s *scenarioRun) {
+	const name = "vol-e"
+	var id string
+	s.createStep("create", runtime.PluginSpec{Name: name, Remote: s.plugins.v1}, pluginWant{enabled: true})
+	s.step("service rm removes the plugin", func(ctx context.Context) error {
+		p, err := s.inspect(ctx, name)
+		if err != nil {
+			return err
+		}
+		id = p.ID
+		if err := s.removeService(ctx); err != nil {
+			return err
+		}
+		if err := s.waitGone(ctx, name); err != nil {
+			return err
+		}
+		if _, err := os.Stat(s.d.pluginDir(id)); !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("plugin directory %s is still there (%v)", s.d.pluginDir(id), err)
+		}
+		return nil
+	})
+}
+
+// createStep creates the scenario's service and waits for its plugin.
+func (s *scenarioRun) createStep(step string, spec runtime.PluginSpec, want pluginWant) {
+	s.step(step, func(ctx context.Context) error {
+		if err := s.createService(ctx, spec); err != nil {
+			return err
+		}
+		return s.waitPlugin(ctx, pluginName(spec), want)
+	})
+}
+
+// updateStep updates the service to spec, waits for the update to
+// complete and then for the plugin to be in the state want.
+func (s *scenarioRun) updateStep(step string, spec runtime.PluginSpec, want pluginWant) {
+	s.step(step, func(ctx context.Context) error {
+		since, err := s.updateService(ctx, spec)
+		if err != nil {
+			return err
+		}
+		if err := s.waitUpdate(ctx, since, pluginName(spec)); err != nil {
+			return err
+		}
+		return s.waitPlugin(ctx, pluginName(spec), want)
+	})
+}
+
+// removeStep removes the service and waits for its plugin to go.
+func (s *scenarioRun) removeStep(step, name string) {
+	s.step(step, func(ctx context.Context) error {
+		if err := s.removeService(ctx); err != nil {
+			return err
+		}
+		return s.waitGone(ctx, name)
+	})
+}
+
+// pluginName is the name the plugin of spec is installed under.
+func pluginName(spec runtime.PluginSpec) string {
+	if spec.Name != "" {
+		return spec.Name
+	}
+	return spec.Remote
+}
+
+// stable checks for a while that the plugin stays enabled and the
+// service's newest task stays the same RUNNING task: a controller that
+// disabled the plugin or failed its task would show within it (swarmkit
+// retries a failed step after 1 s).
+func (s *scenarioRun) stable(ctx context.Context, name string, period time.Duration) error {
+	st := s.observe(ctx, name)
+	first := st.newestTask()
+	if first == nil {
+		return fmt.Errorf("no task: %s", st)
+	}
+	deadline := time.Now().Add(period)
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	for {
+		t := st.newestTask()
+		switch {
+		case st.err != nil:
+			return st.err
+		case st.plugin == nil || !st.plugin.Enabled:
+			return fmt.Errorf("plugin not enabled: %s", st)
+		case t == nil || t.ID != first.ID || t.Status.State != "running":
+			return fmt.Errorf("task %.10s no longer the RUNNING task: %s", first.ID, st)
+		case time.Now().After(deadline):
+			s.notef("Settings.Env %q", st.plugin.Settings.Env)
+			return nil
+		}
+		<-tick.C
+		st = s.observe(ctx, name)
+	}
+}
+
+// volumeServedBy checks that the volume exists and that the plugin
+// version tag answers for it (volplugin reports its tag in the volume's
+// Status).
+func (s *scenarioRun) volumeServedBy(ctx context.Context, vol, tag string) error {
+	v, err := s.d.Client.VolumeInspect(ctx, vol)
+	if err != nil {
+		return err
+	}
+	s.notef("volume status %v", v.Status)
+	if got := fmt.Sprint(v.Status["tag"]); got != tag {
+		return fmt.Errorf("volume %s is answered by plugin version %q, want %q (status %v)", vol, got, tag, v.Status)
+	}
+	return nil
+}
