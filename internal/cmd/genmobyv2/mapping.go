@@ -18,10 +18,15 @@ const (
 
 // skipDirs are the source folders, relative to the repository root, that are
 // not translated, with their subfolders. bench/ and cmd/ compare with or
-// demonstrate the v28 flavour only (see mobyv2/README.md).
+// demonstrate the v28 flavour only, and integration/dockerd builds v28's
+// dockerd (see mobyv2/README.md).
 var skipDirs = []string{
 	"bench",
 	"cmd",
+	// The forked-daemon harness builds docker/docker v28.3.0's own dockerd
+	// and drives it with its client; .ci/mobyv2-dockerd is its moby v2 twin
+	// (a build of moby v2's dockerd with ours swapped in).
+	"integration/dockerd",
 	"internal/cmd",
 	targetDir,
 }
