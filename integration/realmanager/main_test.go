@@ -89,9 +89,7 @@ func TestMain(m *testing.M) {
 // starts the shared registry and publishes the standard plugins once.
 func fixture(t *testing.T) {
 	t.Helper()
-	if err := rm.Supported(); err != nil {
-		t.Skip(err.Error())
-	}
+	rm.SkipUnsupported(t)
 	fixtureOnce.Do(func() {
 		r, err := rm.StartRegistry()
 		if err != nil {

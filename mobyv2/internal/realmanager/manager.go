@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"testing"
 
 	"github.com/distribution/reference"
 	"github.com/moby/moby/api/types/events"
@@ -223,4 +224,20 @@ func (m *Manager) Close() error {
 		}
 	})
 	return m.closeErr
+}
+
+// SkipUnsupported ends t when the real Manager cannot run on this machine
+// (Supported fails): a skip that names the reason, or, under CI (CI=true,
+// as .ci/run runs), a failure, since CI installs and runs everything and a
+// skipped test is not a pass there.
+func SkipUnsupported(t testing.TB) {
+	t.Helper()
+	err := Supported()
+	if err == nil {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("CI must run this test: %v", err)
+	}
+	t.Skip(err.Error())
 }

@@ -48,9 +48,7 @@ type fixture struct {
 
 func newFixture(t *testing.T) fixture {
 	t.Helper()
-	if err := Supported(); err != nil {
-		t.Skip(err)
-	}
+	SkipUnsupported(t)
 	reg, err := StartRegistry()
 	assert.NilError(t, err)
 	t.Cleanup(func() { assert.Check(t, reg.Close()) })
