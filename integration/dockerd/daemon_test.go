@@ -204,9 +204,18 @@ func (d *Daemon) Close() error {
 		if err := d.Client.SwarmLeave(ctx, true); err != nil && !strings.Contains(err.Error(), "not part of a swarm") {
 			note(fmt.Errorf("swarm leave: %w", err))
 		}
-		if err := d.Client.NetworkRemove(ctx, "docker_gwbridge"); err != nil && !cerrdefs.IsNotFound(err) {
-			note(fmt.Errorf("removing docker_gwbridge: %w", err))
-		}
+		// The leave tears the ingress sandbox down in the background; its
+		// endpoint on docker_gwbridge goes with it.
+		note(poll(ctx, "docker_gwbridge removed", func(ctx context.Context) (bool, string, error) {
+			err := d.Client.NetworkRemove(ctx, "docker_gwbridge")
+			switch {
+			case err == nil || cerrdefs.IsNotFound(err):
+				return true, "", nil
+			case strings.Contains(err.Error(), "active endpoints"):
+				return false, err.Error(), nil
+			}
+			return false, "", err
+		}))
 		cancel()
 	}
 	note(d.Stop())
@@ -234,7 +243,7 @@ func (d *Daemon) Close() error {
 
 // deleteNewLinks deletes the bridges and veths that appeared on the host
 // since newDaemon; after a swarm leave and the removal of docker_gwbridge
-// there are none. Another program creating such links meanwhile would lose
+// there should be none, but a sandbox's veth may outlive dockerd briefly. Another program creating such links meanwhile would lose
 // them: the harness runs on test machines only.
 func (d *Daemon) deleteNewLinks() error {
 	now, err := netLinks()
@@ -246,10 +255,12 @@ func (d *Daemon) deleteNewLinks() error {
 		if d.links[name] || !(name == "docker_gwbridge" || strings.HasPrefix(name, "veth")) {
 			continue
 		}
+		// A veth of a sandbox dockerd tore down as it stopped may linger
+		// for a moment; deleting it is the cleanup, only a failure is one.
 		if out, err := exec.Command("ip", "link", "delete", name).CombinedOutput(); err != nil {
-			errs = append(errs, fmt.Errorf("deleting link %s left by dockerd: %v: %s", name, err, out))
-		} else {
-			errs = append(errs, fmt.Errorf("deleted link %s left by dockerd", name))
+			if _, gone := os.Stat(filepath.Join("/sys/class/net", name)); !os.IsNotExist(gone) {
+				errs = append(errs, fmt.Errorf("deleting link %s left by dockerd: %v: %s", name, err, out))
+			}
 		}
 	}
 	return errors.Join(errs...)
