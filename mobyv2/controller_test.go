@@ -509,8 +509,13 @@ func TestNewControllerRejectsBadInput(t *testing.T) {
 		assert.Assert(t, !exec.IsTemporary(err))
 	})
 	t.Run("nil backend", func(t *testing.T) {
-		_, err := plugin.NewController(nil, good)
-		assert.Assert(t, cerrdefs.IsInvalidArgument(err))
+		var typedNil *plugintest.Backend
+		for _, b := range []plugin.Backend{nil, typedNil} {
+			c, err := plugin.NewController(b, good)
+			assert.Assert(t, c == nil)
+			assert.Assert(t, cerrdefs.IsInvalidArgument(err))
+			assert.Error(t, err, "plugin controller needs a backend, got nil", "the spec is fine; the backend is missing")
+		}
 	})
 }
 
@@ -733,6 +738,8 @@ func TestWaitReturnsWhenEventStreamCloses(t *testing.T) {
 	err := result(t, done)
 	assert.Assert(t, exec.IsTemporary(err), "%v", err)
 	assert.Assert(t, cerrdefs.IsUnavailable(err), "%v", err)
+	assert.Assert(t, !cerrdefs.IsInternal(err), "a closed stream is not an invalid answer: %v", err)
+	assert.Error(t, err, "plugin event stream closed by the backend")
 }
 
 func TestCloseEndsWaitAndIsFinal(t *testing.T) {
@@ -1207,6 +1214,16 @@ func TestNonsenseFromBackendIsAnInternalError(t *testing.T) {
 			b.get = func(string) (*v2.Plugin, error) { return nil, nil }
 			return newController(t, b, "task-1", spec(remote, false)).Prepare(ctx)
 		},
+		"nil plugin and nil error right after a pull": func(b *nonsenseBackend) error {
+			gets := 0
+			b.get = func(name string) (*v2.Plugin, error) {
+				if gets++; gets == 1 {
+					return b.Backend.Get(name)
+				}
+				return nil, nil
+			}
+			return newController(t, b, "task-1", spec(remote, false)).Prepare(ctx)
+		},
 		"nil plugin and nil error in Remove": func(b *nonsenseBackend) error {
 			b.get = func(string) (*v2.Plugin, error) { return nil, nil }
 			return newController(t, b, "task-1", spec(remote, false)).Remove(ctx)
@@ -1227,6 +1244,18 @@ func TestNonsenseFromBackendIsAnInternalError(t *testing.T) {
 			assert.Assert(t, cerrdefs.IsInternal(err), "%v", err)
 		})
 	}
+}
+
+// A Pull that succeeds but leaves nothing to find says so, and is retried.
+func TestPluginMissingAfterSuccessfulPull(t *testing.T) {
+	b := &nonsenseBackend{Backend: plugintest.NewBackend()}
+	b.get = func(name string) (*v2.Plugin, error) {
+		return nil, fmt.Errorf("plugin %q not found: %w", name, cerrdefs.ErrNotFound)
+	}
+	err := newController(t, b, "task-1", spec(remote, false)).Prepare(context.Background())
+	assert.Assert(t, exec.IsTemporary(err), "%v", err)
+	assert.ErrorContains(t, err, "plugin vol not found right after a successful pull")
+	assert.Assert(t, cerrdefs.IsNotFound(err), "%v", err)
 }
 
 func TestFailuresMidStep(t *testing.T) {
