@@ -1,6 +1,7 @@
 package pluginspec
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"strings"
@@ -12,6 +13,11 @@ import (
 	"gotest.tools/v3/assert"
 	is "gotest.tools/v3/assert/cmp"
 )
+
+// fuzzSeedLimit keeps the largest spec cases (tens of KiB, there for the
+// deterministic tests) out of the fuzz corpus, where every mutation of
+// them would be slow.
+const fuzzSeedLimit = 4 << 10
 
 // specCases are the specs every codec test runs: the empty spec, unicode,
 // many privileges, empty elements of repeated fields.
@@ -154,7 +160,9 @@ func TestCache(t *testing.T) {
 
 func FuzzDecode(f *testing.F) {
 	for _, s := range specCases() {
-		f.Add(Encode(s))
+		if b := Encode(s); len(b) <= fuzzSeedLimit {
+			f.Add(b)
+		}
 	}
 	for _, b := range payloadCases() {
 		f.Add(b)
@@ -166,7 +174,11 @@ func FuzzDecode(f *testing.F) {
 			return
 		}
 		again, err := Decode(Encode(s))
-		assert.NilError(t, err)
-		assert.Check(t, is.DeepEqual(Encode(again), Encode(s)))
+		if err != nil {
+			t.Fatalf("Decode(Encode(Decode(%x))): %v", b, err)
+		}
+		if !bytes.Equal(Encode(again), Encode(s)) {
+			t.Errorf("Encode is not stable over a round trip of %x", b)
+		}
 	})
 }
