@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"reflect"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -434,24 +433,28 @@ func (p *Controller) prepareExisting(ctx context.Context, pl *v2.Plugin) error {
 	}
 	_, pinned := p.d.remote.(reference.Canonical)
 	upgrade := !pinned || pl.PluginObj.PluginReference != p.d.remote.String()
-	if !upgrade && len(p.envToSet(ctx, pl)) == 0 {
-		p.debug(ctx, "plugin already at the pinned digest with the spec's env; nothing to do")
-		return nil
+	var env []string
+	if !upgrade {
+		if env = p.envToSet(ctx, pl); len(env) == 0 {
+			p.debug(ctx, "plugin already at the pinned digest with the spec's env; nothing to do")
+			return nil
+		}
 	}
 
 	if err := p.forceDisable(ctx, pl, others); err != nil {
 		return err
 	}
-	err := p.changeDisabled(ctx, pl, upgrade)
+	err := p.changeDisabled(ctx, pl, upgrade, env)
 	if err != nil && wasEnabled {
 		p.reenable(ctx, pl.GetID())
 	}
 	return err
 }
 
-// changeDisabled upgrades the disabled plugin pl if upgrade is set, then
-// sets the env entries of the spec it can take.
-func (p *Controller) changeDisabled(ctx context.Context, pl *v2.Plugin, upgrade bool) error {
+// changeDisabled sets env on the disabled plugin pl, or, if upgrade is set,
+// upgrades it and then sets the env entries of the spec that the new
+// config lets it take.
+func (p *Controller) changeDisabled(ctx context.Context, pl *v2.Plugin, upgrade bool, env []string) error {
 	if upgrade {
 		auth, err := p.authFor(ctx)
 		if err != nil {
@@ -461,9 +464,9 @@ func (p *Controller) changeDisabled(ctx context.Context, pl *v2.Plugin, upgrade 
 			return classify(fmt.Sprintf("error upgrading plugin %s to %s", p.d.spec.Name, p.d.familiar), err)
 		}
 		p.log(ctx, log.InfoLevel, "plugin upgraded", "remote", p.d.familiar)
+		// The config is now the new remote's: decide from it.
+		env = p.envToSet(ctx, pl)
 	}
-	// After an upgrade the config is the new remote's: decide from it.
-	env := p.envToSet(ctx, pl)
 	if len(env) == 0 {
 		return nil
 	}
@@ -966,7 +969,7 @@ func envSettable(declared []types.PluginEnv, key string) bool {
 		if e.Name == key {
 			// moby's isSettable: without a field named, exactly one
 			// settable field, and for env it must be "value".
-			return len(e.Settable) == 1 && slices.Contains(e.Settable, "value")
+			return len(e.Settable) == 1 && e.Settable[0] == "value"
 		}
 	}
 	return false
@@ -1030,7 +1033,7 @@ func isNil(b Backend) bool {
 		return true
 	}
 	switch v := reflect.ValueOf(b); v.Kind() {
-	case reflect.Pointer, reflect.Map, reflect.Slice, reflect.Func, reflect.Chan, reflect.Interface:
+	case reflect.Pointer, reflect.Map, reflect.Slice, reflect.Func, reflect.Chan:
 		return v.IsNil()
 	}
 	return false
