@@ -937,13 +937,14 @@ func (p *Controller) markRemoved() {
 // that is Remove's job, which swarmkit calls before Close.
 func (p *Controller) Close() error {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if !p.closed {
+	first := !p.closed
+	if first {
 		p.closed = true
 		close(p.closedCh)
-		if p.guard != nil {
-			p.guard.forget(p)
-		}
+	}
+	p.mu.Unlock()
+	if first && p.guard != nil {
+		p.guard.forget(p)
 	}
 	return nil
 }
@@ -1260,9 +1261,7 @@ func ShuttingDown(dir string) {
 	g := guards.m[filepath.Clean(dir)]
 	guards.Unlock()
 	if g != nil {
-		g.mu.Lock()
-		g.shuttingDown = true
-		g.mu.Unlock()
+		g.shutdown()
 	}
 }
 
@@ -1311,6 +1310,46 @@ func (c *Controller) claims(k keptplugins.Plugin) bool {
 	return c.boundID() == k.ID || c.d.pluginKey == pluginKey(k.Name)
 }
 
+// shutdown makes the node's Controllers keep their plugins from now on, and
+// records at once the plugins they hold, so that a daemon that exits before
+// swarmkit's Remove calls have all run (the agent does not wait for them)
+// still knows at its next start what it kept.
+func (g *restartGuard) shutdown() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.shuttingDown {
+		return
+	}
+	g.shuttingDown = true
+	next := slices.Clone(g.pending)
+	for c := range g.live {
+		nameOrID := c.boundID()
+		if nameOrID == "" {
+			nameOrID = c.d.spec.Name
+		}
+		pl, err := g.backend.Get(nameOrID)
+		if err != nil || pl == nil || pl.GetID() == "" || !c.owns(pl) {
+			continue // nothing of the task's service to keep
+		}
+		next = withKept(next, keptplugins.Plugin{ID: pl.GetID(), Name: pl.Name(), Service: c.service, Task: c.taskID, Kept: time.Now().UTC()})
+	}
+	if len(next) == len(g.pending) {
+		return
+	}
+	if err := g.file.Save(next); err != nil {
+		log.G(context.Background()).WithError(err).WithField("controller", "plugin").
+			Warn("cannot record the plugins to keep across the restart; each task's Remove tries again")
+		return
+	}
+	g.pending = next
+}
+
+// withKept returns kept with k in the place of any entry of k's plugin.
+func withKept(kept []keptplugins.Plugin, k keptplugins.Plugin) []keptplugins.Plugin {
+	kept = slices.DeleteFunc(kept, func(o keptplugins.Plugin) bool { return o.ID == k.ID })
+	return append(kept, k)
+}
+
 // keep records pl, which p's Remove is about to remove, if the node is
 // shutting down, and reports whether it did: then Remove leaves pl
 // installed. A record that cannot be written means pl is removed as usual,
@@ -1322,7 +1361,10 @@ func (g *restartGuard) keep(ctx context.Context, p *Controller, pl *v2.Plugin) b
 		return false
 	}
 	k := keptplugins.Plugin{ID: pl.GetID(), Name: pl.Name(), Service: p.service, Task: p.taskID, Kept: time.Now().UTC()}
-	next := append(slices.DeleteFunc(slices.Clone(g.pending), func(o keptplugins.Plugin) bool { return o.ID == k.ID }), k)
+	if i := slices.IndexFunc(g.pending, func(o keptplugins.Plugin) bool { return o.ID == k.ID }); i >= 0 && g.pending[i].Service == k.Service {
+		return true // recorded by ShuttingDown
+	}
+	next := withKept(slices.Clone(g.pending), k)
 	if err := g.file.Save(next); err != nil {
 		p.log(ctx, log.WarnLevel, "cannot record the plugin to keep across the restart; removing it", "error", err.Error())
 		return false

@@ -2336,6 +2336,12 @@ func TestRestartKeepsThePlugin(t *testing.T) {
 	assert.NilError(t, err)
 
 	plugin.ShuttingDown(dir)
+	// Recorded at once: the agent does not wait for its Remove calls, so
+	// the daemon may exit before they ran.
+	kept, err := keptplugins.Open(dir).Load()
+	assert.NilError(t, err)
+	assert.Equal(t, len(kept), 1)
+	assert.DeepEqual(t, []string{kept[0].ID, kept[0].Name, kept[0].Service, kept[0].Task}, []string{pl.GetID(), "vol:latest", service, "task-1"})
 	before.leave(c)
 	after, err := b.Get(name)
 	assert.NilError(t, err, "the shutdown removed the plugin")
