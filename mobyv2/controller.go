@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,6 +28,7 @@ import (
 	"github.com/moby/swarmkit/v2/api"
 	swarmlog "github.com/moby/swarmkit/v2/log"
 
+	"github.com/seed-e85c93d5/plugin/mobyv2/internal/keptplugins"
 	"github.com/seed-e85c93d5/plugin/mobyv2/internal/pluginspec"
 )
 
@@ -57,7 +60,8 @@ type Controller struct {
 	taskID  string
 	service string
 	opts    options
-	lock    pluginLock // the plugin's stripe of pluginLocks
+	lock    pluginLock    // the plugin's stripe of pluginLocks
+	guard   *restartGuard // set by a RestartSafe executor before swarmkit sees the Controller; nil otherwise
 
 	// opMu serialises the steps that change the plugin or the task's
 	// reference (Prepare, Start, Remove and Wait's binding), so a late
@@ -383,6 +387,11 @@ func (p *Controller) Update(ctx context.Context, t *api.Task) error {
 // errors); the task still holds exactly one reference.
 func (p *Controller) Prepare(ctx context.Context) (err error) {
 	defer func() { err = stepError(ctx, err) }()
+	if p.guard != nil {
+		if err := p.guard.settled(ctx, p); err != nil {
+			return err
+		}
+	}
 	unlock, err := p.begin(ctx)
 	if err != nil {
 		return err
@@ -854,6 +863,11 @@ func (p *Controller) Remove(ctx context.Context) (err error) {
 	if err != nil || pl == nil {
 		return err
 	}
+	if p.guard != nil && p.guard.keep(ctx, p, pl) {
+		p.markRemoved()
+		p.log(ctx, log.InfoLevel, "plugin kept for the node's restart")
+		return nil
+	}
 	// The plugin's lock, held until the removal is done, keeps this
 	// service's other tasks on the node from binding to it meanwhile.
 	if err := p.backend.Remove(pl.GetID(), &backend.PluginRmConfig{ForceRemove: true}); err != nil && !cerrdefs.IsNotFound(err) {
@@ -914,6 +928,9 @@ func (p *Controller) markRemoved() {
 	p.removed = true
 	p.bound = nil
 	p.mu.Unlock()
+	if p.guard != nil {
+		p.guard.forget(p)
+	}
 }
 
 // Close is the close phase from swarmkit. It is idempotent and returns nil;
@@ -922,10 +939,14 @@ func (p *Controller) markRemoved() {
 // that is Remove's job, which swarmkit calls before Close.
 func (p *Controller) Close() error {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if !p.closed {
+	first := !p.closed
+	if first {
 		p.closed = true
 		close(p.closedCh)
+	}
+	p.mu.Unlock()
+	if first && p.guard != nil {
+		p.guard.forget(p)
 	}
 	return nil
 }
@@ -1030,7 +1051,7 @@ func (e *ctxDoneError) Unwrap() []error { return []error{e.err, e.ctxErr} }
 
 // isNil reports whether b is nil or an interface holding a nil pointer,
 // map, slice, func or channel, which would fail at its first call.
-func isNil(b Backend) bool {
+func isNil(b any) bool {
 	if b == nil {
 		return true
 	}
@@ -1142,3 +1163,448 @@ func lockFor(key string) pluginLock {
 	}
 	return pluginLocks[h%uint32(len(pluginLocks))]
 }
+
+// Restart safety.
+//
+// swarmkit stops a node the same way for "docker swarm leave" and for a
+// daemon shutdown: the agent leaves, which removes every assignment, so the
+// worker calls Remove on every task's Controller and the plugins go. Only the
+// daemon knows which of the two it is doing. RestartSafe and ShuttingDown
+// are the two calls it makes to tell the Controllers.
+
+// RestartSafe returns an exec.Executor that gets its controllers from e and
+// keeps the node's plugins installed and enabled across a restart of the
+// node, while leaving the swarm still removes them. A daemon calls it where
+// it builds the node's executor, every time it starts the swarm node, and
+// calls ShuttingDown(dir) before it stops the node for a shutdown.
+//
+// backend is the node's plugin Backend, the one e's Controllers use. dir
+// holds the record of kept plugins (the file swarm-plugins-kept.json, which
+// exists only while plugins are kept); it must survive the restart and must
+// not be wiped with the swarm state, so that a plugin kept for a swarm that
+// is gone when the node comes back is still removed: a daemon gives its
+// data root, the parent of its swarm directory. dir also names the node for
+// ShuttingDown; a later call with the same dir takes its place.
+//
+// What the returned executor does:
+//
+//   - Every call goes to e. Controller returns what e returns; a
+//     *Controller among them (the controller of a plugin task) is watched.
+//   - After ShuttingDown(dir), a watched Controller's Remove releases its
+//     task's reference as usual but, where it would remove its service's
+//     plugin, it records the plugin in dir instead and leaves it installed.
+//     The Manager restores it, enabled, when the daemon starts again.
+//   - After the restart, the first complete set of assignments decides
+//     (swarmkit hands the executor one each time the node connects to a
+//     manager, and one with no task when the node leaves): a recorded
+//     plugin that a task of the same service on this node now uses stays
+//     and is that task's again (a resumed task's Wait takes it over without
+//     a pull); every other recorded plugin is removed then, as its task's
+//     Remove would have removed it at the shutdown. So a service deleted
+//     while the node was down, a task the managers no longer assign, a
+//     leave, and swarm state wiped while the daemon was down (the node
+//     joins as a new node) all end with the plugin removed; a plugin a
+//     person or another service installed meanwhile under the name is
+//     never touched. A removal that fails is tried again at the next
+//     complete set. Until the first complete set, a Prepare of another
+//     service's task for a recorded plugin's name waits for it, rather than
+//     fail with ErrPluginExists.
+//
+// The executor knows a complete set by the calls swarmkit v2's worker makes
+// for it, in order: Secrets().Reset(), then Controller for each new task,
+// then Volumes(). So that it sees them, the returned executor always
+// implements exec.SecretsProvider, exec.ConfigsProvider and
+// exec.VolumesProvider, handing e's managers through when e implements
+// them and inert ones when it does not (swarmkit then no longer logs that
+// the executor ignores secrets, configs or volumes). Plugins whose
+// Controller e wraps in a type of its own are not kept: their Remove
+// behaves as it always does.
+//
+// RestartSafe returns an error classified invalid argument for a nil e or
+// backend or an empty dir. A record it cannot read is logged and treated
+// as empty.
+func RestartSafe(e exec.Executor, backend Backend, dir string) (exec.Executor, error) {
+	switch {
+	case isNil(e):
+		return nil, withDetail(errRestartSafe, "needs an executor, got nil", nil)
+	case isNil(backend):
+		return nil, withDetail(errRestartSafe, "needs a backend, got nil", nil)
+	case dir == "":
+		return nil, withDetail(errRestartSafe, "needs a directory for its record, got \"\"", nil)
+	}
+	g := &restartGuard{
+		backend: backend,
+		file:    keptplugins.Open(dir),
+		live:    make(map[*Controller]struct{}),
+		swept:   make(chan struct{}),
+	}
+	kept, err := g.file.Load()
+	if err != nil {
+		log.G(context.Background()).WithError(err).WithField("controller", "plugin").
+			Error("ignoring the record of plugins kept at the last shutdown")
+	}
+	g.pending = kept
+	guards.Lock()
+	guards.m[filepath.Clean(dir)] = g
+	guards.Unlock()
+	return &restartSafeExecutor{Executor: e, guard: g}, nil
+}
+
+// ShuttingDown tells the executor RestartSafe returned for dir that its node
+// is stopping because the daemon shuts down, not because it leaves the
+// swarm: from now on its Controllers keep their plugins (see RestartSafe).
+// A daemon calls it once, just before it stops the swarm node for a
+// shutdown, and never on "docker swarm leave". It is safe to call from any
+// goroutine, more than once, and for a dir no executor has (a daemon not in
+// a swarm): then it does nothing. It cannot be undone; the next start of the
+// node calls RestartSafe again.
+func ShuttingDown(dir string) {
+	guards.Lock()
+	g := guards.m[filepath.Clean(dir)]
+	guards.Unlock()
+	if g != nil {
+		g.shutdown()
+	}
+}
+
+// guards maps each RestartSafe directory to its node's guard.
+var guards = struct {
+	sync.Mutex
+	m map[string]*restartGuard
+}{m: make(map[string]*restartGuard)}
+
+// restartGuard is the restart safety of one node: its record of kept
+// plugins and the plugin Controllers its executor handed out.
+type restartGuard struct {
+	backend Backend
+	file    *keptplugins.File
+
+	mu           sync.Mutex
+	shuttingDown bool
+	pending      []keptplugins.Plugin // kept and not yet decided
+	live         map[*Controller]struct{}
+	complete     bool          // a complete set of assignments is being applied
+	swept        chan struct{} // closed once the first complete set was applied
+	sweptOnce    bool
+}
+
+// watch makes c's Remove keep its plugin after ShuttingDown, and lets c's
+// task claim a kept plugin.
+func (g *restartGuard) watch(c *Controller) {
+	g.mu.Lock()
+	g.live[c] = struct{}{}
+	g.mu.Unlock()
+	c.guard = g
+}
+
+// forget drops c: its task is no longer assigned.
+func (g *restartGuard) forget(c *Controller) {
+	g.mu.Lock()
+	delete(g.live, c)
+	g.mu.Unlock()
+}
+
+// claims reports whether c's task takes over the kept plugin k.
+func (c *Controller) claims(k keptplugins.Plugin) bool {
+	if c.service != k.Service {
+		return false
+	}
+	return c.boundID() == k.ID || c.d.pluginKey == pluginKey(k.Name)
+}
+
+// shutdown makes the node's Controllers keep their plugins from now on, and
+// records at once the plugins they hold, so that a daemon that exits before
+// swarmkit's Remove calls have all run (the agent does not wait for them)
+// still knows at its next start what it kept.
+func (g *restartGuard) shutdown() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.shuttingDown {
+		return
+	}
+	g.shuttingDown = true
+	next := slices.Clone(g.pending)
+	for c := range g.live {
+		nameOrID := c.boundID()
+		if nameOrID == "" {
+			nameOrID = c.d.spec.Name
+		}
+		pl, err := g.backend.Get(nameOrID)
+		if err != nil || pl == nil || pl.GetID() == "" || !c.owns(pl) {
+			continue // nothing of the task's service to keep
+		}
+		next = withKept(next, keptplugins.Plugin{ID: pl.GetID(), Name: pl.Name(), Service: c.service, Task: c.taskID, Kept: time.Now().UTC()})
+	}
+	if len(next) == len(g.pending) {
+		return
+	}
+	if err := g.file.Save(next); err != nil {
+		log.G(context.Background()).WithError(err).WithField("controller", "plugin").
+			Warn("cannot record the plugins to keep across the restart; each task's Remove tries again")
+		return
+	}
+	g.pending = next
+}
+
+// withKept returns kept with k in the place of any entry of k's plugin.
+func withKept(kept []keptplugins.Plugin, k keptplugins.Plugin) []keptplugins.Plugin {
+	kept = slices.DeleteFunc(kept, func(o keptplugins.Plugin) bool { return o.ID == k.ID })
+	return append(kept, k)
+}
+
+// keep records pl, which p's Remove is about to remove, if the node is
+// shutting down, and reports whether it did: then Remove leaves pl
+// installed. A record that cannot be written means pl is removed as usual,
+// so that nothing is kept that the next start would not know of.
+func (g *restartGuard) keep(ctx context.Context, p *Controller, pl *v2.Plugin) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.shuttingDown {
+		return false
+	}
+	k := keptplugins.Plugin{ID: pl.GetID(), Name: pl.Name(), Service: p.service, Task: p.taskID, Kept: time.Now().UTC()}
+	if i := slices.IndexFunc(g.pending, func(o keptplugins.Plugin) bool { return o.ID == k.ID }); i >= 0 && g.pending[i].Service == k.Service {
+		return true // recorded by ShuttingDown
+	}
+	next := withKept(slices.Clone(g.pending), k)
+	if err := g.file.Save(next); err != nil {
+		p.log(ctx, log.WarnLevel, "cannot record the plugin to keep across the restart; removing it", "error", err.Error())
+		return false
+	}
+	g.pending = next
+	return true
+}
+
+// settled returns once a Prepare of p may look at the plugins: at once,
+// unless a plugin of p's name was kept for another service and the first
+// complete set of assignments, which decides it, has not been applied.
+func (g *restartGuard) settled(ctx context.Context, p *Controller) error {
+	g.mu.Lock()
+	var other *keptplugins.Plugin
+	if !g.sweptOnce {
+		for i, k := range g.pending {
+			if k.Service != p.service && pluginKey(k.Name) == p.d.pluginKey {
+				other = &g.pending[i]
+				break
+			}
+		}
+	}
+	swept := g.swept
+	g.mu.Unlock()
+	if other == nil {
+		return nil
+	}
+	p.log(ctx, log.InfoLevel, "waiting for the node's first complete set of assignments: the plugin of this name was kept at the last shutdown for another service",
+		"kept.service", other.Service)
+	select {
+	case <-swept:
+		return nil
+	case <-p.closedCh:
+		return exec.ErrControllerClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// setBegins is called when swarmkit begins to apply a set of
+// assignments, complete or not: its first call is for the secrets.
+func (g *restartGuard) setBegins() {
+	g.mu.Lock()
+	g.complete = false
+	g.mu.Unlock()
+}
+
+// completeSetBegins is called when swarmkit resets the node's secrets or
+// configs: it is applying a complete set of assignments.
+func (g *restartGuard) completeSetBegins() {
+	g.mu.Lock()
+	g.complete = true
+	g.mu.Unlock()
+}
+
+// tasksApplied is called when swarmkit turns to the node's volumes, after
+// it created the Controllers of the assignments' new tasks. After a
+// complete set, it decides every kept plugin: claimed by a task of the
+// node, or removed. It runs on swarmkit's worker, which waits for it.
+func (g *restartGuard) tasksApplied() {
+	g.mu.Lock()
+	if !g.complete {
+		g.mu.Unlock()
+		return
+	}
+	g.complete = false
+	if g.shuttingDown {
+		// The empty set of the shutdown's leave: everything stays.
+		g.mu.Unlock()
+		return
+	}
+	decide := g.pending
+	claimed := make(map[string]*Controller)
+	for _, k := range decide {
+		for c := range g.live {
+			if c.claims(k) {
+				claimed[k.ID] = c
+				break
+			}
+		}
+	}
+	g.mu.Unlock()
+
+	ctx := log.WithLogger(context.Background(), log.G(context.Background()).WithField("controller", "plugin"))
+	var remain []keptplugins.Plugin
+	for _, k := range decide {
+		l := log.G(ctx).WithFields(log.Fields{"plugin": k.Name, "plugin.id": k.ID, "service": k.Service})
+		if c := claimed[k.ID]; c != nil {
+			l.WithField("task", c.taskID).Info("plugin kept across the restart is in service again")
+			continue
+		}
+		if err := g.removeKept(ctx, k); err != nil {
+			l.WithError(err).Error("cannot remove a plugin kept across the restart whose service has no task on the node; trying again at the next complete set of assignments")
+			remain = append(remain, k)
+		}
+	}
+
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	// Keep what was recorded meanwhile (a shutdown that began during the
+	// sweep), then what could not be removed.
+	decided := make(map[string]bool, len(decide))
+	for _, k := range decide {
+		decided[k.ID] = true
+	}
+	for _, k := range g.pending {
+		if !decided[k.ID] {
+			remain = append(remain, k)
+		}
+	}
+	if err := g.file.Save(remain); err != nil {
+		log.G(ctx).WithError(err).Error("cannot update the record of plugins kept at the last shutdown")
+	}
+	g.pending = remain
+	if !g.sweptOnce {
+		g.sweptOnce = true
+		close(g.swept)
+	}
+}
+
+// removeKept removes the kept plugin k unless it is gone, is no longer its
+// service's, or is in use: the checks of Remove.
+func (g *restartGuard) removeKept(ctx context.Context, k keptplugins.Plugin) error {
+	lock := lockFor(pluginKey(k.Name))
+	if err := lock.lock(ctx); err != nil {
+		return err
+	}
+	defer lock.unlock()
+	holders.mu.Lock()
+	defer holders.mu.Unlock()
+	l := log.G(ctx).WithFields(log.Fields{"plugin": k.Name, "plugin.id": k.ID, "service": k.Service})
+	pl, err := g.backend.Get(k.ID)
+	switch {
+	case cerrdefs.IsNotFound(err):
+		l.Debug("plugin kept across the restart is gone")
+		return nil
+	case err != nil:
+		return classify("error looking up plugin "+k.Name, err)
+	case pl == nil || pl.GetID() == "":
+		return withDetail(errBackend, "Get returned neither a plugin nor an error", nil)
+	case pl.SwarmServiceID != k.Service:
+		l.Info("plugin kept across the restart now belongs to someone else; leaving it alone")
+		return nil
+	case pl.GetRefCount() > 0:
+		l.WithField("references", pl.GetRefCount()).Info("plugin kept across the restart is in use; keeping it")
+		return nil
+	}
+	if err := g.backend.Remove(k.ID, &backend.PluginRmConfig{ForceRemove: true}); err != nil && !cerrdefs.IsNotFound(err) {
+		return classify("error removing plugin "+k.Name, err)
+	}
+	l.Info("plugin removed: it was kept across the restart, and its service has no task on the node")
+	return nil
+}
+
+// restartSafeExecutor is the executor RestartSafe returns.
+type restartSafeExecutor struct {
+	exec.Executor
+	guard *restartGuard
+}
+
+func (x *restartSafeExecutor) Controller(t *api.Task) (exec.Controller, error) {
+	c, err := x.Executor.Controller(t)
+	if p, ok := c.(*Controller); ok && err == nil && p != nil {
+		x.guard.watch(p)
+	}
+	return c, err
+}
+
+func (x *restartSafeExecutor) Secrets() exec.SecretsManager {
+	x.guard.setBegins()
+	var m exec.SecretsManager = inertSecrets{}
+	if p, ok := x.Executor.(exec.SecretsProvider); ok {
+		m = p.Secrets()
+	}
+	return resetSecrets{m, x.guard}
+}
+
+func (x *restartSafeExecutor) Configs() exec.ConfigsManager {
+	var m exec.ConfigsManager = inertConfigs{}
+	if p, ok := x.Executor.(exec.ConfigsProvider); ok {
+		m = p.Configs()
+	}
+	return resetConfigs{m, x.guard}
+}
+
+func (x *restartSafeExecutor) Volumes() exec.VolumesManager {
+	x.guard.tasksApplied()
+	if p, ok := x.Executor.(exec.VolumesProvider); ok {
+		return p.Volumes()
+	}
+	return inertVolumes{}
+}
+
+// resetSecrets and resetConfigs tell the guard when swarmkit resets them,
+// which it does at the start of a complete set of assignments.
+type resetSecrets struct {
+	exec.SecretsManager
+	guard *restartGuard
+}
+
+func (r resetSecrets) Reset() {
+	r.guard.completeSetBegins()
+	r.SecretsManager.Reset()
+}
+
+type resetConfigs struct {
+	exec.ConfigsManager
+	guard *restartGuard
+}
+
+func (r resetConfigs) Reset() {
+	r.guard.completeSetBegins()
+	r.ConfigsManager.Reset()
+}
+
+// inertSecrets, inertConfigs and inertVolumes stand in for the managers of
+// an executor that has none: they hold nothing.
+type inertSecrets struct{}
+
+func (inertSecrets) Get(string) (*api.Secret, error) { return nil, nil }
+func (inertSecrets) Add(...api.Secret)               {}
+func (inertSecrets) Remove([]string)                 {}
+func (inertSecrets) Reset()                          {}
+
+type inertConfigs struct{}
+
+func (inertConfigs) Get(string) (*api.Config, error) { return nil, nil }
+func (inertConfigs) Add(...api.Config)               {}
+func (inertConfigs) Remove([]string)                 {}
+func (inertConfigs) Reset()                          {}
+
+type inertVolumes struct{}
+
+func (inertVolumes) Get(string) (string, error)                  { return "", nil }
+func (inertVolumes) Add(...api.VolumeAssignment)                 {}
+func (inertVolumes) Remove([]api.VolumeAssignment, func(string)) {}
+func (inertVolumes) Plugins() exec.VolumePluginManager           { return inertVolumePlugins{} }
+
+type inertVolumePlugins struct{}
+
+func (inertVolumePlugins) NodeInfo(context.Context) ([]*api.NodeCSIInfo, error) { return nil, nil }

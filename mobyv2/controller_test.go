@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	goreflect "reflect"
 	goruntime "runtime"
 	"strings"
@@ -39,6 +41,8 @@ import (
 	is "gotest.tools/v3/assert/cmp"
 
 	plugin "github.com/seed-e85c93d5/plugin/mobyv2"
+	"github.com/seed-e85c93d5/plugin/mobyv2/executor"
+	"github.com/seed-e85c93d5/plugin/mobyv2/internal/keptplugins"
 	"github.com/seed-e85c93d5/plugin/mobyv2/internal/pluginspec"
 	"github.com/seed-e85c93d5/plugin/mobyv2/plugintest"
 )
@@ -2208,3 +2212,478 @@ func TestEnvNeverHandsSetWhatMobyRefuses(t *testing.T) {
 		}
 	}
 }
+
+// ---- Restart safety (RestartSafe, ShuttingDown) -----------------------------
+
+// node is a node's executor as swarmkit's worker sees it: a RestartSafe
+// executor over the reference executor, with its record in dir.
+type node struct {
+	t   testing.TB
+	x   exec.Executor
+	dir string
+}
+
+func startNode(t testing.TB, b plugin.Backend, dir string) *node {
+	t.Helper()
+	x, err := plugin.RestartSafe(executor.New(b), b, dir)
+	assert.NilError(t, err)
+	return &node{t: t, x: x, dir: dir}
+}
+
+// completeSet makes the calls swarmkit v2's worker.Assign makes on the
+// executor for a complete set of assignments (agent/worker.go: secrets,
+// configs, the Controllers of the tasks it has none for, volumes) and
+// returns the new Controllers.
+func (n *node) completeSet(tasks ...*api.Task) []*plugin.Controller {
+	n.t.Helper()
+	secrets := n.x.(exec.SecretsProvider).Secrets()
+	secrets.Reset()
+	secrets.Add()
+	configs := n.x.(exec.ConfigsProvider).Configs()
+	configs.Reset()
+	configs.Add()
+	ctrls := n.controllers(tasks...)
+	volumes := n.x.(exec.VolumesProvider).Volumes()
+	volumes.Remove(nil, func(string) {})
+	volumes.Add()
+	return ctrls
+}
+
+// incrementalSet makes the calls of worker.Update.
+func (n *node) incrementalSet(tasks ...*api.Task) []*plugin.Controller {
+	n.t.Helper()
+	secrets := n.x.(exec.SecretsProvider).Secrets()
+	secrets.Remove(nil)
+	secrets.Add()
+	configs := n.x.(exec.ConfigsProvider).Configs()
+	configs.Remove(nil)
+	configs.Add()
+	ctrls := n.controllers(tasks...)
+	n.x.(exec.VolumesProvider).Volumes().Add()
+	return ctrls
+}
+
+func (n *node) controllers(tasks ...*api.Task) []*plugin.Controller {
+	n.t.Helper()
+	var ctrls []*plugin.Controller
+	for _, t := range tasks {
+		c, err := n.x.Controller(t)
+		assert.NilError(n.t, err)
+		ctrls = append(ctrls, c.(*plugin.Controller))
+	}
+	return ctrls
+}
+
+// leave is what swarmkit's agent does when the node stops, for a leave and
+// for a shutdown alike: an empty complete set, then Remove and Close on
+// every Controller.
+func (n *node) leave(ctrls ...*plugin.Controller) {
+	n.t.Helper()
+	n.completeSet()
+	for _, c := range ctrls {
+		assert.NilError(n.t, c.Remove(context.Background()))
+		assert.NilError(n.t, c.Close())
+	}
+}
+
+func (n *node) recorded() bool {
+	_, err := os.Stat(filepath.Join(n.dir, keptplugins.FileName))
+	return err == nil
+}
+
+func running(t *api.Task) *api.Task {
+	t.Status.State = api.TaskStateRunning
+	t.DesiredState = api.TaskStateRunning
+	return t
+}
+
+func TestRestartSafeRejectsBadInput(t *testing.T) {
+	b := plugintest.NewBackend()
+	exe := executor.New(b)
+	for _, tc := range []struct {
+		name    string
+		e       exec.Executor
+		backend plugin.Backend
+		dir     string
+		want    string
+	}{
+		{"nil executor", nil, b, t.TempDir(), "plugin.RestartSafe: needs an executor, got nil"},
+		{"typed nil executor", (*executor.Executor)(nil), b, t.TempDir(), "plugin.RestartSafe: needs an executor, got nil"},
+		{"nil backend", exe, nil, t.TempDir(), "plugin.RestartSafe: needs a backend, got nil"},
+		{"typed nil backend", exe, (*plugintest.Backend)(nil), t.TempDir(), "plugin.RestartSafe: needs a backend, got nil"},
+		{"no dir", exe, b, "", `plugin.RestartSafe: needs a directory for its record, got ""`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			x, err := plugin.RestartSafe(tc.e, tc.backend, tc.dir)
+			assert.Assert(t, x == nil)
+			assert.Error(t, err, tc.want)
+			assert.Assert(t, cerrdefs.IsInvalidArgument(err))
+		})
+	}
+}
+
+// A shutdown keeps the plugin, enabled, with its ID; the resumed task takes
+// it over without a pull; a leave afterwards removes it.
+func TestRestartKeepsThePlugin(t *testing.T) {
+	ctx := context.Background()
+	b := plugintest.NewBackend()
+	b.AddRemote(remote, plugintest.Remote{})
+	dir := t.TempDir()
+
+	before := startNode(t, b, dir)
+	c := before.completeSet(task(t, "task-1", service, spec(remote, false)))[0]
+	assert.NilError(t, c.Prepare(ctx))
+	assert.NilError(t, c.Start(ctx))
+	pl, err := b.Get(name)
+	assert.NilError(t, err)
+
+	plugin.ShuttingDown(dir)
+	// Recorded at once: the agent does not wait for its Remove calls, so
+	// the daemon may exit before they ran.
+	kept, err := keptplugins.Open(dir).Load()
+	assert.NilError(t, err)
+	assert.Equal(t, len(kept), 1)
+	assert.DeepEqual(t, []string{kept[0].ID, kept[0].Name, kept[0].Service, kept[0].Task}, []string{pl.GetID(), "vol:latest", service, "task-1"})
+	before.leave(c)
+	after, err := b.Get(name)
+	assert.NilError(t, err, "the shutdown removed the plugin")
+	assert.Equal(t, after, pl)
+	assert.Assert(t, after.IsEnabled())
+	assert.Equal(t, after.GetRefCount(), 0, "the task's reference is released")
+	assert.Assert(t, before.recorded())
+
+	b.ResetCalls()
+	restarted := startNode(t, b, dir)
+	resumed := restarted.completeSet(running(task(t, "task-1", service, spec(remote, false))))[0]
+	assert.Assert(t, !restarted.recorded(), "the resumed task claimed the plugin")
+	waitCtx, cancel := context.WithCancel(ctx)
+	done := waitAsync(t, b, resumed, waitCtx)
+	assert.Equal(t, after.GetRefCount(), 1, "the resumed task holds the reference")
+	cancel()
+	assert.ErrorIs(t, result(t, done), context.Canceled)
+	assert.Equal(t, countCalls(b, "Pull")+countCalls(b, "Upgrade")+countCalls(b, "Disable")+countCalls(b, "Remove"), 0, "calls: %v", methods(b))
+
+	restarted.leave(resumed)
+	_, _, found := state(t, b, name)
+	assert.Assert(t, !found, "a leave removes the plugin")
+	assert.Assert(t, !restarted.recorded())
+}
+
+// Without ShuttingDown, stopping the node is a leave: the plugin goes, and
+// nothing is recorded.
+func TestLeaveRemovesThePlugin(t *testing.T) {
+	ctx := context.Background()
+	b := plugintest.NewBackend()
+	b.AddRemote(remote, plugintest.Remote{})
+	n := startNode(t, b, t.TempDir())
+	c := n.completeSet(task(t, "task-1", service, spec(remote, false)))[0]
+	assert.NilError(t, c.Prepare(ctx))
+	assert.NilError(t, c.Start(ctx))
+
+	plugin.ShuttingDown(t.TempDir()) // another node's
+	n.leave(c)
+	_, _, found := state(t, b, name)
+	assert.Assert(t, !found)
+	assert.Assert(t, !n.recorded())
+}
+
+// shutDown starts a node with a running task of service, shuts it down and
+// returns its directory.
+func shutDown(t *testing.T, b *plugintest.Backend, svc string) string {
+	t.Helper()
+	ctx := context.Background()
+	dir := t.TempDir()
+	n := startNode(t, b, dir)
+	c := n.completeSet(task(t, "task-"+svc, svc, spec(remote, false)))[0]
+	assert.NilError(t, c.Prepare(ctx))
+	assert.NilError(t, c.Start(ctx))
+	plugin.ShuttingDown(dir)
+	n.leave(c)
+	_, _, found := state(t, b, name)
+	assert.Assert(t, found)
+	assert.Assert(t, n.recorded())
+	return dir
+}
+
+// The first complete set after the restart decides: a kept plugin no task
+// of its service claims is removed then, whatever the set holds (nothing:
+// the service was deleted, the node left, or joins a new swarm).
+func TestRestartRemovesAPluginNoTaskClaims(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		tasks []*api.Task
+	}{
+		{"service deleted while down", nil},
+		{"another service's task", []*api.Task{task(t, "task-x", "svc-x", swarm.RuntimeSpec{Name: "other", Remote: remote2})}},
+		{"the service's task for another plugin", []*api.Task{task(t, "task-y", service, swarm.RuntimeSpec{Name: "other", Remote: remote2})}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := plugintest.NewBackend()
+			b.AddRemote(remote, plugintest.Remote{})
+			b.AddRemote(remote2, plugintest.Remote{})
+			dir := shutDown(t, b, service)
+			n := startNode(t, b, dir)
+
+			ctrls := n.incrementalSet(tc.tasks...)
+			_, _, found := state(t, b, name)
+			assert.Assert(t, found, "an incremental set does not decide")
+			assert.Assert(t, n.recorded())
+
+			ctrls = append(ctrls, n.completeSet()...)
+			_, _, found = state(t, b, name)
+			assert.Assert(t, !found, "the first complete set removes the plugin")
+			assert.Assert(t, !n.recorded())
+			for _, c := range ctrls {
+				assert.NilError(t, c.Close())
+			}
+		})
+	}
+}
+
+// A kept plugin that is no longer its service's when the node comes back,
+// or is in use, is left alone, and forgotten.
+func TestRestartLeavesAlonePluginsNotToRemove(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		change func(t *testing.T, b *plugintest.Backend)
+		found  bool
+	}{
+		{"removed while down", func(t *testing.T, b *plugintest.Backend) {
+			assert.NilError(t, b.Remove(name, &backend.PluginRmConfig{ForceRemove: true}))
+		}, false},
+		{"a person's plugin of the name", func(t *testing.T, b *plugintest.Backend) {
+			assert.NilError(t, b.Remove(name, &backend.PluginRmConfig{ForceRemove: true}))
+			install(t, b)
+		}, true},
+		{"in use by a volume", func(t *testing.T, b *plugintest.Backend) {
+			pl, err := b.Get(name)
+			assert.NilError(t, err)
+			pl.Acquire()
+			t.Cleanup(pl.Release)
+		}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := plugintest.NewBackend()
+			b.AddRemote(remote, plugintest.Remote{})
+			dir := shutDown(t, b, service)
+			tc.change(t, b)
+			n := startNode(t, b, dir)
+			n.completeSet()
+			_, _, found := state(t, b, name)
+			assert.Equal(t, found, tc.found)
+			assert.Assert(t, !n.recorded())
+		})
+	}
+}
+
+// Until the first complete set, a Prepare of another service's task for a
+// kept plugin's name waits, then installs its own plugin: the kept one
+// never makes it fail with "plugin already exists".
+func TestRestartPrepareOfAnotherServiceWaitsForTheDecision(t *testing.T) {
+	b := plugintest.NewBackend()
+	b.AddRemote(remote, plugintest.Remote{})
+	dir := shutDown(t, b, "svc-old")
+	b.ResetCalls()
+	n := startNode(t, b, dir)
+
+	// The complete set, cut where the worker has created the Controllers
+	// and not yet turned to the volumes.
+	n.x.(exec.SecretsProvider).Secrets().Reset()
+	c := n.controllers(task(t, "task-new", service, spec(remote, false)))[0]
+	prepared := make(chan error, 1)
+	go func() { prepared <- c.Prepare(context.Background()) }()
+	// Its Prepare is parked on the decision, not on a lock or the Backend.
+	waitForStack(t, "(*restartGuard).settled")
+	assert.Equal(t, countCalls(b, "Pull"), 0)
+	assert.Equal(t, owner(t, b, name), "svc-old")
+
+	n.x.(exec.VolumesProvider).Volumes()
+	assert.NilError(t, result(t, prepared))
+	assert.Equal(t, owner(t, b, name), service)
+	assert.NilError(t, c.Close())
+}
+
+// A Prepare waiting for the decision gives up with its context or on Close.
+func TestRestartWaitingPrepareEnds(t *testing.T) {
+	b := plugintest.NewBackend()
+	b.AddRemote(remote, plugintest.Remote{})
+	dir := shutDown(t, b, "svc-old")
+	n := startNode(t, b, dir)
+	ctrls := n.controllers(task(t, "task-a", service, spec(remote, false)), task(t, "task-b", service, spec(remote, false)))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := ctrls[0].Prepare(ctx)
+	assert.ErrorIs(t, err, context.Canceled)
+	assert.Assert(t, exec.IsTemporary(err) || errors.Is(err, context.Canceled))
+
+	prepared := make(chan error, 1)
+	go func() { prepared <- ctrls[1].Prepare(context.Background()) }()
+	waitForStack(t, "(*restartGuard).settled")
+	assert.NilError(t, ctrls[1].Close())
+	assert.ErrorIs(t, result(t, prepared), exec.ErrControllerClosed)
+	assert.Equal(t, owner(t, b, name), "svc-old", "nothing decided yet")
+	assert.NilError(t, ctrls[0].Close())
+}
+
+// waitForStack waits until some goroutine's stack holds fn.
+func waitForStack(t testing.TB, fn string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for buf := make([]byte, 1<<20); ; {
+		if strings.Contains(string(buf[:goruntime.Stack(buf, true)]), fn) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no goroutine reached %s", fn)
+		}
+		goruntime.Gosched()
+	}
+}
+
+// failingRemove fails the Backend's Remove while fail is set.
+type failingRemove struct {
+	*plugintest.Backend
+	fail atomic.Bool
+}
+
+func (f *failingRemove) Remove(n string, config *backend.PluginRmConfig) error {
+	if f.fail.Load() {
+		return exec.MakeTemporary(fmt.Errorf("remove %s: %w", n, syscall.EBUSY))
+	}
+	return f.Backend.Remove(n, config)
+}
+
+// A removal that fails is tried again at the next complete set.
+func TestRestartRetriesAFailedRemovalAtTheNextCompleteSet(t *testing.T) {
+	b := plugintest.NewBackend()
+	b.AddRemote(remote, plugintest.Remote{})
+	dir := shutDown(t, b, service)
+	f := &failingRemove{Backend: b}
+	f.fail.Store(true)
+	n := startNode(t, f, dir)
+
+	n.completeSet()
+	_, _, found := state(t, b, name)
+	assert.Assert(t, found)
+	assert.Assert(t, n.recorded(), "the failed removal stays recorded")
+
+	f.fail.Store(false)
+	n.completeSet()
+	_, _, found = state(t, b, name)
+	assert.Assert(t, !found)
+	assert.Assert(t, !n.recorded())
+}
+
+// A record that cannot be written means nothing is kept: Remove removes.
+func TestShutdownWithoutARecordRemoves(t *testing.T) {
+	ctx := context.Background()
+	b := plugintest.NewBackend()
+	b.AddRemote(remote, plugintest.Remote{})
+	file := filepath.Join(t.TempDir(), "file")
+	assert.NilError(t, os.WriteFile(file, nil, 0o600))
+	dir := filepath.Join(file, "sub") // under a regular file: not writable
+	n := startNode(t, b, dir)
+	c := n.completeSet(task(t, "task-1", service, spec(remote, false)))[0]
+	assert.NilError(t, c.Prepare(ctx))
+	assert.NilError(t, c.Start(ctx))
+
+	plugin.ShuttingDown(dir)
+	n.leave(c)
+	_, _, found := state(t, b, name)
+	assert.Assert(t, !found)
+}
+
+// A record that cannot be read is ignored, and replaced.
+func TestRestartWithAnUnreadableRecord(t *testing.T) {
+	b := plugintest.NewBackend()
+	b.AddRemote(remote, plugintest.Remote{})
+	dir := t.TempDir()
+	assert.NilError(t, os.WriteFile(filepath.Join(dir, keptplugins.FileName), []byte("{not json"), 0o600))
+	n := startNode(t, b, dir)
+	n.completeSet()
+	assert.Assert(t, !n.recorded(), "the complete set replaced the record")
+}
+
+// The RestartSafe executor hands swarmkit's calls to the executor it wraps,
+// its secrets, configs and volumes managers included, and returns the
+// Controllers of tasks that are not plugin tasks as they are.
+func TestRestartSafePassesEverythingThrough(t *testing.T) {
+	b := plugintest.NewBackend()
+	inner := &providingExecutor{Executor: executor.New(b, executor.WithHostname("node-7"))}
+	x, err := plugin.RestartSafe(inner, b, t.TempDir())
+	assert.NilError(t, err)
+
+	desc, err := x.Describe(context.Background())
+	assert.NilError(t, err)
+	assert.Equal(t, desc.Hostname, "node-7")
+	x.(exec.SecretsProvider).Secrets().Reset()
+	x.(exec.ConfigsProvider).Configs().Reset()
+	x.(exec.VolumesProvider).Volumes().Add()
+	assert.DeepEqual(t, inner.calls, []string{"Secrets", "Reset", "Configs", "Reset", "Volumes", "Add"})
+
+	other := &api.Task{ID: "task-c", Spec: api.TaskSpec{Runtime: &api.TaskSpec_Container{Container: &api.ContainerSpec{Image: "busybox"}}}}
+	c, err := x.Controller(other)
+	assert.Equal(t, c, inner.container)
+	assert.NilError(t, err)
+
+	// An executor without these managers gets inert ones.
+	x, err = plugin.RestartSafe(executor.New(b), b, t.TempDir())
+	assert.NilError(t, err)
+	s, err := x.(exec.SecretsProvider).Secrets().Get("x")
+	assert.Assert(t, s == nil && err == nil)
+	cfg, err := x.(exec.ConfigsProvider).Configs().Get("x")
+	assert.Assert(t, cfg == nil && err == nil)
+	info, err := x.(exec.VolumesProvider).Volumes().Plugins().NodeInfo(context.Background())
+	assert.Assert(t, info == nil && err == nil)
+}
+
+// providingExecutor has managers of its own, which record the calls, and a
+// controller of its own for container tasks.
+type providingExecutor struct {
+	*executor.Executor
+	calls     []string
+	container exec.Controller
+}
+
+func (p *providingExecutor) Controller(t *api.Task) (exec.Controller, error) {
+	if t.Spec.GetContainer() != nil {
+		p.container = &struct{ exec.Controller }{}
+		return p.container, nil
+	}
+	return p.Executor.Controller(t)
+}
+
+func (p *providingExecutor) Secrets() exec.SecretsManager {
+	p.calls = append(p.calls, "Secrets")
+	return recordingManager{p}
+}
+
+func (p *providingExecutor) Configs() exec.ConfigsManager {
+	p.calls = append(p.calls, "Configs")
+	return recordingConfigs{recordingManager{p}}
+}
+
+func (p *providingExecutor) Volumes() exec.VolumesManager {
+	p.calls = append(p.calls, "Volumes")
+	return recordingVolumes{recordingManager{p}}
+}
+
+type recordingManager struct{ p *providingExecutor }
+
+func (r recordingManager) Get(string) (*api.Secret, error) { return nil, nil }
+func (r recordingManager) Add(...api.Secret)               { r.p.calls = append(r.p.calls, "Add") }
+func (r recordingManager) Remove([]string)                 { r.p.calls = append(r.p.calls, "Remove") }
+func (r recordingManager) Reset()                          { r.p.calls = append(r.p.calls, "Reset") }
+
+type recordingConfigs struct{ recordingManager }
+
+func (r recordingConfigs) Get(string) (*api.Config, error) { return nil, nil }
+func (r recordingConfigs) Add(...api.Config)               { r.p.calls = append(r.p.calls, "Add") }
+
+type recordingVolumes struct{ recordingManager }
+
+func (r recordingVolumes) Get(string) (string, error)                  { return "", nil }
+func (r recordingVolumes) Add(...api.VolumeAssignment)                 { r.p.calls = append(r.p.calls, "Add") }
+func (r recordingVolumes) Remove([]api.VolumeAssignment, func(string)) {}
+func (r recordingVolumes) Plugins() exec.VolumePluginManager           { return nil }

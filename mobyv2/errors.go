@@ -72,6 +72,10 @@ var (
 	// Classified unavailable.
 	errEventsClosed error = &classError{msg: "plugin event stream closed by the backend", class: cerrdefs.ErrUnavailable}
 
+	// errRestartSafe: RestartSafe was given a nil executor or backend, or
+	// no directory. Classified invalid argument.
+	errRestartSafe error = &classError{msg: "plugin.RestartSafe", class: cerrdefs.ErrInvalidArgument}
+
 	// errBackend: the Backend answered with something that cannot be
 	// right (a nil plugin without an error, an empty ID, a nil event
 	// channel). Classified internal.
