@@ -18,6 +18,8 @@ import (
 	"github.com/docker/docker/api/types/swarm"
 	"github.com/docker/docker/client"
 	"github.com/moby/sys/mount"
+
+	"github.com/seed-e85c93d5/plugin/internal/keptplugins"
 )
 
 // dockerdFlags are the flags every dockerd of the harness gets besides its
@@ -188,6 +190,67 @@ func (d *Daemon) InitSwarm(ctx context.Context) error {
 	})
 }
 
+// removeGWBridge removes docker_gwbridge after a swarm leave. The leave
+// tears the ingress sandbox down in the background; its endpoint on
+// docker_gwbridge goes with it, and then the network can go.
+func (d *Daemon) removeGWBridge(ctx context.Context) error {
+	return poll(ctx, "docker_gwbridge removed", func(ctx context.Context) (bool, string, error) {
+		err := d.Client.NetworkRemove(ctx, "docker_gwbridge")
+		switch {
+		case err == nil || cerrdefs.IsNotFound(err):
+			return true, "", nil
+		case strings.Contains(err.Error(), "active endpoints"):
+			return false, err.Error(), nil
+		}
+		return false, "", err
+	})
+}
+
+// ensureSwarm brings the daemon back to the state a scenario starts from,
+// whatever the last one left: dockerd running (a restart that failed half
+// way may have left it stopped) and an active swarm manager. It waits for a
+// restarted daemon to rejoin its swarm, and makes a daemon that left the
+// swarm (or lost its state) a new one-node swarm, as after a leave.
+func (d *Daemon) ensureSwarm(ctx context.Context) error {
+	if d.dockerd == nil {
+		if err := d.Start(ctx); err != nil {
+			return err
+		}
+	}
+	inactive := false
+	err := poll(ctx, "the swarm to be active", func(ctx context.Context) (bool, string, error) {
+		info, err := d.Client.Info(ctx)
+		if err != nil {
+			return false, "", err
+		}
+		s := info.Swarm
+		inactive = s.LocalNodeState == swarm.LocalNodeStateInactive
+		return inactive || (s.LocalNodeState == swarm.LocalNodeStateActive && s.ControlAvailable),
+			fmt.Sprintf("state %s, manager %v, error %q", s.LocalNodeState, s.ControlAvailable, s.Error), nil
+	})
+	if err != nil || !inactive {
+		return err
+	}
+	return d.reinitSwarm(ctx)
+}
+
+// reinitSwarm makes a daemon that left its swarm a one-node swarm again,
+// after removing the docker_gwbridge of the old one, so that the new swarm
+// starts as the first did.
+func (d *Daemon) reinitSwarm(ctx context.Context) error {
+	if err := d.removeGWBridge(ctx); err != nil {
+		return err
+	}
+	return d.InitSwarm(ctx)
+}
+
+// keptRecord is the file where the fork's plugin controllers record the
+// plugins they keep across a daemon restart (plugin.RestartSafe with the
+// data root); it exists only while plugins are kept. Stock never writes it.
+func (d *Daemon) keptRecord() string {
+	return filepath.Join(d.path(dataRoot), keptplugins.FileName)
+}
+
 // Close leaves the swarm, removes docker_gwbridge, stops dockerd and
 // containerd, kills any shim left over, deletes the network interfaces the
 // daemon created, unmounts everything under the daemon's directory and
@@ -204,18 +267,7 @@ func (d *Daemon) Close() error {
 		if err := d.Client.SwarmLeave(ctx, true); err != nil && !strings.Contains(err.Error(), "not part of a swarm") {
 			note(fmt.Errorf("swarm leave: %w", err))
 		}
-		// The leave tears the ingress sandbox down in the background; its
-		// endpoint on docker_gwbridge goes with it.
-		note(poll(ctx, "docker_gwbridge removed", func(ctx context.Context) (bool, string, error) {
-			err := d.Client.NetworkRemove(ctx, "docker_gwbridge")
-			switch {
-			case err == nil || cerrdefs.IsNotFound(err):
-				return true, "", nil
-			case strings.Contains(err.Error(), "active endpoints"):
-				return false, err.Error(), nil
-			}
-			return false, "", err
-		}))
+		note(d.removeGWBridge(ctx))
 		cancel()
 	}
 	note(d.Stop())

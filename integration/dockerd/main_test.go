@@ -39,7 +39,7 @@ var shared struct {
 	err   error
 	root  string // the repository
 	bins  *binaries
-	reg   *rm.Registry
+	reg   *registry
 	setup time.Duration
 
 	mu        sync.Mutex
@@ -130,7 +130,7 @@ func setup(t *testing.T) {
 			return
 		}
 		t.Logf("built: %v", shared.bins)
-		shared.reg, shared.err = rm.StartRegistry()
+		shared.reg, shared.err = startRegistry()
 		shared.setup = time.Since(start)
 	})
 	if shared.err != nil {

@@ -64,7 +64,9 @@ func pollFor(ctx context.Context, patience time.Duration, what string, check fun
 type scenario struct {
 	id, title string
 	run       func(*scenarioRun)
-	// stock is what issue 15 says stock dockerd does in this scenario;
+	// issue is the issue the scenario comes from.
+	issue int
+	// stock is what the issue says stock dockerd does in this scenario;
 	// nil means it says nothing and the result is only recorded.
 	stock *outcome
 }
@@ -127,12 +129,22 @@ func (r *scenarioResult) failure() string {
 // runs and records the scenario's steps; its other methods drive the
 // scenario's plugin service through the daemon's API.
 type scenarioRun struct {
-	ctx     context.Context
-	d       *Daemon
-	plugins *published
-	result  *scenarioResult
-	current *stepResult
-	svcID   string // the scenario's service, once created
+	ctx      context.Context
+	d        *Daemon
+	plugins  *published
+	reg      *registry // the plugins' registry, which counts pulls
+	logStart int64     // the offset in dockerd's log where the scenario began
+	result   *scenarioResult
+	current  *stepResult
+	svcID    string // the scenario's service, once created
+	cleanups []func(context.Context) error
+}
+
+// onCleanup registers fn to run after the scenario, before the daemon's
+// reset, whether its steps passed or not: for what the reset cannot undo
+// on its own.
+func (s *scenarioRun) onCleanup(fn func(context.Context) error) {
+	s.cleanups = append(s.cleanups, fn)
 }
 
 // step runs fn as the next step and records how long it took and its
@@ -353,8 +365,13 @@ func (d *Daemon) pluginDir(id string) string {
 // the next scenario starts clean whatever this one left behind: volumes
 // first (by force: their driver may be disabled), then services, letting
 // their tasks remove their plugins, then by force the plugins left; last
-// it waits for every plugin task to end.
+// it waits for every plugin task to end. It first makes sure dockerd runs
+// as an active swarm manager (ensureSwarm): a scenario may restart the
+// daemon or leave the swarm.
 func (d *Daemon) reset(ctx context.Context) error {
+	if err := d.ensureSwarm(ctx); err != nil {
+		return err
+	}
 	vols, err := d.Client.VolumeList(ctx, volume.ListOptions{})
 	if err != nil {
 		return err
@@ -493,7 +510,7 @@ func table(results map[flavor][]*scenarioResult) string {
 			case r.outcome().failsAt == "":
 				fmt.Fprintf(&b, " **pass** %.1f s |", r.took().Seconds())
 			case f == stock && r.scenario.stock != nil && r.outcome() == *r.scenario.stock:
-				fmt.Fprintf(&b, " **FAIL** %.1f s, as issue 15 says |", r.took().Seconds())
+				fmt.Fprintf(&b, " **FAIL** %.1f s, as issue %d says |", r.took().Seconds(), r.scenario.issue)
 			default:
 				fmt.Fprintf(&b, " **FAIL** %.1f s |", r.took().Seconds())
 			}
