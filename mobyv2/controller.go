@@ -836,6 +836,10 @@ func (p *Controller) stop(ctx context.Context, phase string) error {
 //
 // From the moment Remove begins, no other step binds the task to the plugin
 // or changes it: they return ErrTaskRemoved.
+//
+// On a node whose executor is RestartSafe, after ShuttingDown, Remove
+// releases the reference but keeps the plugin installed for the node's
+// restart, and records it; see RestartSafe.
 func (p *Controller) Remove(ctx context.Context) (err error) {
 	defer func() { err = stepError(ctx, err) }()
 	p.opMu.Lock()

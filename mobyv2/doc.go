@@ -96,6 +96,36 @@
 // leaves a plugin out of service. At install, Pull applies the whole Env,
 // as the Manager's WithEnv does.
 //
+// # Restart safety
+//
+// swarmkit's agent leaves when its node stops, for "docker swarm leave" and
+// for a daemon shutdown alike, and so calls Remove on every task's
+// Controller; upstream's then removes the plugin, and after a restart the
+// task fails and a new one pulls the plugin again, with a new ID. What
+// survives a restart therefore depends on the daemon:
+//
+//   - A daemon that wraps its node's executor with RestartSafe(e, backend,
+//     dataRoot) each time it starts the swarm node, and calls
+//     ShuttingDown(dataRoot) just before it stops the node for a shutdown
+//     (never for a leave), keeps every plugin its services installed:
+//     installed, enabled (moby's Manager restores it), with its ID and
+//     settings. The first complete set of assignments after the restart
+//     gives each one back to a task of its service on the node, which
+//     resumes without a pull, or removes it if there is none: the service
+//     was deleted while the daemon was down, the node left, or its swarm
+//     state was wiped and it joined as a new node. Until then, another
+//     service's Prepare for the same plugin name waits. The record of kept
+//     plugins is dataRoot/swarm-plugins-kept.json, outside the swarm state.
+//   - A daemon that does not (upstream's) loses its plugin services'
+//     plugins at every stop, as before. So does any stop not preceded by
+//     ShuttingDown.
+//   - Reference counts never survive: they live in the Manager's memory.
+//     Each task takes its reference again when it binds after the restart.
+//
+// For moby v28.3.0 the daemon side is a patch of two functions,
+// daemon/cluster/noderunner.go's (*nodeRunner).start and
+// daemon/cluster/cluster.go's (*Cluster).Cleanup; see the README.
+//
 // # Differences from upstream
 //
 // Exported identifiers and error words are upstream's; these behaviours
@@ -104,6 +134,8 @@
 //   - Bad input (nil task, another runtime, no or undecodable payload, bad
 //     remote) is an error classified invalid argument, never a panic.
 //   - A resumed task binds to its plugin by name; upstream calls Get("").
+//   - With RestartSafe and ShuttingDown, a daemon restart keeps the
+//     plugins; upstream removes and re-pulls them.
 //   - Exactly one reference per task, released at most once; upstream
 //     leaks or double-releases on retried or failed steps.
 //   - A Disabled spec works against the real Manager (forced disable, own

@@ -108,6 +108,7 @@ type Manager struct {
 
 	base string // holds Root ("r") and ExecRoot ("e")
 	exec *executor
+	cfg  plugin.ManagerConfig // for Restart, with the first Store
 
 	closeOnce sync.Once
 	closeErr  error
@@ -140,7 +141,7 @@ func NewManager(opts ...Option) (*Manager, error) {
 	}
 
 	exec := newExecutor(filepath.Join(base, "e"))
-	pm, err := plugin.NewManager(plugin.ManagerConfig{
+	cfg := plugin.ManagerConfig{
 		Store:           plugin.NewStore(),
 		RegistryService: regService,
 		LogPluginEvent:  o.logEvent,
@@ -150,13 +151,37 @@ func NewManager(opts ...Option) (*Manager, error) {
 			exec.pm = pm
 			return exec, nil
 		},
-	})
+	}
+	pm, err := plugin.NewManager(cfg)
 	if err != nil {
 		_ = mount.RecursiveUnmount(base)
 		_ = os.RemoveAll(base)
 		return nil, fmt.Errorf("realmanager: %w", err)
 	}
-	return &Manager{Manager: pm, base: base, exec: exec}, nil
+	return &Manager{Manager: pm, base: base, exec: exec, cfg: cfg}, nil
+}
+
+// Restart stops the Manager as a daemon stop does (Shutdown: every enabled
+// plugin is stopped, and stays enabled on disk) and starts a new
+// *plugin.Manager on the same directories, as the daemon's next start does:
+// it reloads the installed plugins and enables again those that were
+// enabled. Nothing of the old Manager's memory survives: its *v2.Plugin
+// objects, their reference counts, its event subscriptions. Restart must not
+// be called concurrently with other methods.
+func (m *Manager) Restart() error {
+	m.Manager.Shutdown()
+	m.exec.wait()
+	if err := m.exec.closeAll(); err != nil {
+		return fmt.Errorf("realmanager: restart: %w", err)
+	}
+	cfg := m.cfg
+	cfg.Store = plugin.NewStore()
+	pm, err := plugin.NewManager(cfg)
+	if err != nil {
+		return fmt.Errorf("realmanager: restart: %w", err)
+	}
+	m.Manager = pm
+	return nil
 }
 
 // Root returns the Manager's root directory (ManagerConfig.Root).
