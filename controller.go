@@ -1382,22 +1382,22 @@ func (g *restartGuard) keep(ctx context.Context, p *Controller, pl *v2.Plugin) b
 // complete set of assignments, which decides it, has not been applied.
 func (g *restartGuard) settled(ctx context.Context, p *Controller) error {
 	g.mu.Lock()
-	var other *keptplugins.Plugin
+	other := ""
 	if !g.sweptOnce {
-		for i, k := range g.pending {
+		for _, k := range g.pending {
 			if k.Service != p.service && pluginKey(k.Name) == p.d.pluginKey {
-				other = &g.pending[i]
+				other = k.Service
 				break
 			}
 		}
 	}
 	swept := g.swept
 	g.mu.Unlock()
-	if other == nil {
+	if other == "" {
 		return nil
 	}
 	p.log(ctx, log.InfoLevel, "waiting for the node's first complete set of assignments: the plugin of this name was kept at the last shutdown for another service",
-		"kept.service", other.Service)
+		"kept.service", other)
 	select {
 	case <-swept:
 		return nil
@@ -1497,30 +1497,41 @@ func (g *restartGuard) removeKept(ctx context.Context, k keptplugins.Plugin) err
 		return err
 	}
 	defer lock.unlock()
-	holders.mu.Lock()
-	defer holders.mu.Unlock()
 	l := log.G(ctx).WithFields(log.Fields{"plugin": k.Name, "plugin.id": k.ID, "service": k.Service})
-	pl, err := g.backend.Get(k.ID)
-	switch {
-	case cerrdefs.IsNotFound(err):
-		l.Debug("plugin kept across the restart is gone")
-		return nil
-	case err != nil:
-		return classify("error looking up plugin "+k.Name, err)
-	case pl == nil || pl.GetID() == "":
-		return withDetail(errBackend, "Get returned neither a plugin nor an error", nil)
-	case pl.SwarmServiceID != k.Service:
-		l.Info("plugin kept across the restart now belongs to someone else; leaving it alone")
-		return nil
-	case pl.GetRefCount() > 0:
-		l.WithField("references", pl.GetRefCount()).Info("plugin kept across the restart is in use; keeping it")
-		return nil
+	if remove, err := g.removable(l, k); !remove || err != nil {
+		return err
 	}
+	// The plugin's lock, held until the removal is done, keeps tasks of
+	// the node from binding to it meanwhile, as in Remove.
 	if err := g.backend.Remove(k.ID, &backend.PluginRmConfig{ForceRemove: true}); err != nil && !cerrdefs.IsNotFound(err) {
 		return classify("error removing plugin "+k.Name, err)
 	}
 	l.Info("plugin removed: it was kept across the restart, and its service has no task on the node")
 	return nil
+}
+
+// removable looks the kept plugin k up and reports whether removeKept
+// should remove it: it is still its service's and no one holds it.
+func (g *restartGuard) removable(l *log.Entry, k keptplugins.Plugin) (bool, error) {
+	holders.mu.Lock()
+	defer holders.mu.Unlock()
+	pl, err := g.backend.Get(k.ID)
+	switch {
+	case cerrdefs.IsNotFound(err):
+		l.Debug("plugin kept across the restart is gone")
+		return false, nil
+	case err != nil:
+		return false, classify("error looking up plugin "+k.Name, err)
+	case pl == nil || pl.GetID() == "":
+		return false, withDetail(errBackend, "Get returned neither a plugin nor an error", nil)
+	case pl.SwarmServiceID != k.Service:
+		l.Info("plugin kept across the restart now belongs to someone else; leaving it alone")
+		return false, nil
+	case pl.GetRefCount() > 0:
+		l.WithField("references", pl.GetRefCount()).Info("plugin kept across the restart is in use; keeping it")
+		return false, nil
+	}
+	return true, nil
 }
 
 // restartSafeExecutor is the executor RestartSafe returns.
