@@ -2295,6 +2295,12 @@ func running(t *api.Task) *api.Task {
 	return t
 }
 
+// removing is t as the managers assign it once its service is deleted.
+func removing(t *api.Task) *api.Task {
+	t.DesiredState = api.TaskStateRemove
+	return t
+}
+
 func TestRestartSafeRejectsBadInput(t *testing.T) {
 	b := plugintest.NewBackend()
 	exe := executor.New(b)
@@ -2414,6 +2420,7 @@ func TestRestartRemovesAPluginNoTaskClaims(t *testing.T) {
 		{"service deleted while down", nil},
 		{"another service's task", []*api.Task{task(t, "task-x", "svc-x", runtime.PluginSpec{Name: "other", Remote: remote2})}},
 		{"the service's task for another plugin", []*api.Task{task(t, "task-y", service, runtime.PluginSpec{Name: "other", Remote: remote2})}},
+		{"the service's task, being removed", []*api.Task{removing(running(task(t, "task-"+service, service, spec(remote, false))))}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := plugintest.NewBackend()
