@@ -1204,12 +1204,14 @@ func lockFor(key string) pluginLock {
 //     plugin that a task of the same service on this node now uses stays
 //     and is that task's again (a resumed task's Wait takes it over without
 //     a pull); every other recorded plugin is removed then, as its task's
-//     Remove would have removed it at the shutdown. So a service deleted
-//     while the node was down, a task the managers no longer assign, a
-//     leave, and swarm state wiped while the daemon was down (the node
-//     joins as a new node) all end with the plugin removed; a plugin a
-//     person or another service installed meanwhile under the name is
-//     never touched. A removal that fails is tried again at the next
+//     Remove would have removed it at the shutdown. A task whose desired
+//     state is REMOVE (its service was deleted) claims nothing. So a
+//     service deleted while the node was down, a task the managers no
+//     longer assign, a leave, and swarm state wiped while the daemon was
+//     down all end with the plugin removed; a plugin a person or another
+//     service installed meanwhile under the name is never touched. (A node
+//     whose state was wiped joins as a new node, whose first complete set
+//     is empty: its services' new tasks pull their plugins again.) A removal that fails is tried again at the next
 //     complete set. Until the first complete set, a Prepare of another
 //     service's task for a recorded plugin's name waits for it, rather than
 //     fail with ErrPluginExists.
@@ -1239,7 +1241,7 @@ func RestartSafe(e exec.Executor, backend Backend, dir string) (exec.Executor, e
 	g := &restartGuard{
 		backend: backend,
 		file:    keptplugins.Open(dir),
-		live:    make(map[*Controller]struct{}),
+		live:    make(map[*Controller]api.TaskState),
 		swept:   make(chan struct{}),
 	}
 	kept, err := g.file.Load()
@@ -1285,18 +1287,18 @@ type restartGuard struct {
 
 	mu           sync.Mutex
 	shuttingDown bool
-	pending      []keptplugins.Plugin // kept and not yet decided
-	live         map[*Controller]struct{}
-	complete     bool          // a complete set of assignments is being applied
-	swept        chan struct{} // closed once the first complete set was applied
+	pending      []keptplugins.Plugin          // kept and not yet decided
+	live         map[*Controller]api.TaskState // the desired state of each one's task when swarmkit asked for it
+	complete     bool                          // a complete set of assignments is being applied
+	swept        chan struct{}                 // closed once the first complete set was applied
 	sweptOnce    bool
 }
 
 // watch makes c's Remove keep its plugin after ShuttingDown, and lets c's
-// task claim a kept plugin.
-func (g *restartGuard) watch(c *Controller) {
+// task, whose desired state is desired, claim a kept plugin.
+func (g *restartGuard) watch(c *Controller, desired api.TaskState) {
 	g.mu.Lock()
-	g.live[c] = struct{}{}
+	g.live[c] = desired
 	g.mu.Unlock()
 	c.guard = g
 }
@@ -1308,9 +1310,12 @@ func (g *restartGuard) forget(c *Controller) {
 	g.mu.Unlock()
 }
 
-// claims reports whether c's task takes over the kept plugin k.
-func (c *Controller) claims(k keptplugins.Plugin) bool {
-	if c.service != k.Service {
+// claims reports whether c's task, whose desired state is desired, takes
+// over the kept plugin k. A task the managers are removing (its service
+// was deleted) does not: its Remove would remove the plugin soon, and the
+// plugin's name may already be another service's.
+func (c *Controller) claims(k keptplugins.Plugin, desired api.TaskState) bool {
+	if c.service != k.Service || desired >= api.TaskStateRemove {
 		return false
 	}
 	return c.boundID() == k.ID || c.d.pluginKey == pluginKey(k.Name)
@@ -1384,22 +1389,22 @@ func (g *restartGuard) keep(ctx context.Context, p *Controller, pl *v2.Plugin) b
 // complete set of assignments, which decides it, has not been applied.
 func (g *restartGuard) settled(ctx context.Context, p *Controller) error {
 	g.mu.Lock()
-	var other *keptplugins.Plugin
+	other := ""
 	if !g.sweptOnce {
-		for i, k := range g.pending {
+		for _, k := range g.pending {
 			if k.Service != p.service && pluginKey(k.Name) == p.d.pluginKey {
-				other = &g.pending[i]
+				other = k.Service
 				break
 			}
 		}
 	}
 	swept := g.swept
 	g.mu.Unlock()
-	if other == nil {
+	if other == "" {
 		return nil
 	}
 	p.log(ctx, log.InfoLevel, "waiting for the node's first complete set of assignments: the plugin of this name was kept at the last shutdown for another service",
-		"kept.service", other.Service)
+		"kept.service", other)
 	select {
 	case <-swept:
 		return nil
@@ -1445,8 +1450,8 @@ func (g *restartGuard) tasksApplied() {
 	decide := g.pending
 	claimed := make(map[string]*Controller)
 	for _, k := range decide {
-		for c := range g.live {
-			if c.claims(k) {
+		for c, desired := range g.live {
+			if c.claims(k, desired) {
 				claimed[k.ID] = c
 				break
 			}
@@ -1499,30 +1504,41 @@ func (g *restartGuard) removeKept(ctx context.Context, k keptplugins.Plugin) err
 		return err
 	}
 	defer lock.unlock()
-	holders.mu.Lock()
-	defer holders.mu.Unlock()
 	l := log.G(ctx).WithFields(log.Fields{"plugin": k.Name, "plugin.id": k.ID, "service": k.Service})
-	pl, err := g.backend.Get(k.ID)
-	switch {
-	case cerrdefs.IsNotFound(err):
-		l.Debug("plugin kept across the restart is gone")
-		return nil
-	case err != nil:
-		return classify("error looking up plugin "+k.Name, err)
-	case pl == nil || pl.GetID() == "":
-		return withDetail(errBackend, "Get returned neither a plugin nor an error", nil)
-	case pl.SwarmServiceID != k.Service:
-		l.Info("plugin kept across the restart now belongs to someone else; leaving it alone")
-		return nil
-	case pl.GetRefCount() > 0:
-		l.WithField("references", pl.GetRefCount()).Info("plugin kept across the restart is in use; keeping it")
-		return nil
+	if remove, err := g.removable(l, k); !remove || err != nil {
+		return err
 	}
+	// The plugin's lock, held until the removal is done, keeps tasks of
+	// the node from binding to it meanwhile, as in Remove.
 	if err := g.backend.Remove(k.ID, &backend.PluginRmConfig{ForceRemove: true}); err != nil && !cerrdefs.IsNotFound(err) {
 		return classify("error removing plugin "+k.Name, err)
 	}
 	l.Info("plugin removed: it was kept across the restart, and its service has no task on the node")
 	return nil
+}
+
+// removable looks the kept plugin k up and reports whether removeKept
+// should remove it: it is still its service's and no one holds it.
+func (g *restartGuard) removable(l *log.Entry, k keptplugins.Plugin) (bool, error) {
+	holders.mu.Lock()
+	defer holders.mu.Unlock()
+	pl, err := g.backend.Get(k.ID)
+	switch {
+	case cerrdefs.IsNotFound(err):
+		l.Debug("plugin kept across the restart is gone")
+		return false, nil
+	case err != nil:
+		return false, classify("error looking up plugin "+k.Name, err)
+	case pl == nil || pl.GetID() == "":
+		return false, withDetail(errBackend, "Get returned neither a plugin nor an error", nil)
+	case pl.SwarmServiceID != k.Service:
+		l.Info("plugin kept across the restart now belongs to someone else; leaving it alone")
+		return false, nil
+	case pl.GetRefCount() > 0:
+		l.WithField("references", pl.GetRefCount()).Info("plugin kept across the restart is in use; keeping it")
+		return false, nil
+	}
+	return true, nil
 }
 
 // restartSafeExecutor is the executor RestartSafe returns.
@@ -1534,7 +1550,7 @@ type restartSafeExecutor struct {
 func (x *restartSafeExecutor) Controller(t *api.Task) (exec.Controller, error) {
 	c, err := x.Executor.Controller(t)
 	if p, ok := c.(*Controller); ok && err == nil && p != nil {
-		x.guard.watch(p)
+		x.guard.watch(p, t.DesiredState)
 	}
 	return c, err
 }

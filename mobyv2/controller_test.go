@@ -2297,6 +2297,12 @@ func running(t *api.Task) *api.Task {
 	return t
 }
 
+// removing is t as the managers assign it once its service is deleted.
+func removing(t *api.Task) *api.Task {
+	t.DesiredState = api.TaskStateRemove
+	return t
+}
+
 func TestRestartSafeRejectsBadInput(t *testing.T) {
 	b := plugintest.NewBackend()
 	exe := executor.New(b)
@@ -2416,6 +2422,7 @@ func TestRestartRemovesAPluginNoTaskClaims(t *testing.T) {
 		{"service deleted while down", nil},
 		{"another service's task", []*api.Task{task(t, "task-x", "svc-x", swarm.RuntimeSpec{Name: "other", Remote: remote2})}},
 		{"the service's task for another plugin", []*api.Task{task(t, "task-y", service, swarm.RuntimeSpec{Name: "other", Remote: remote2})}},
+		{"the service's task, being removed", []*api.Task{removing(running(task(t, "task-"+service, service, spec(remote, false))))}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := plugintest.NewBackend()

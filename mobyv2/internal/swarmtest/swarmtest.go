@@ -10,6 +10,14 @@
 // daemon does (a plugin service is always global, its task runtime is the
 // generic "plugin" spec) and wait for task states through the watch API.
 //
+// A node can be stopped and started again in process, the way a Docker
+// daemon stops and restarts, with the same state dir and the same plugin
+// Backend: Node.Shutdown (a daemon shutdown), Node.Leave ("docker swarm
+// leave"), Node.Restart (the daemon starts again) and Node.Rejoin (it starts
+// again after its swarm state was wiped, and joins as a new node). With
+// Options.RestartSafe, every node runs its executor under plugin.RestartSafe,
+// as a daemon with the fix of issue 16 does.
+//
 // swarmkit logs a lot. Unless Options.Verbose is set, a Cluster discards the
 // logs of its nodes, and Start also discards the output of logrus's standard
 // logger, which swarmkit and the plugin controller use wherever no logger
@@ -33,6 +41,7 @@ import (
 
 	clog "github.com/containerd/log"
 	"github.com/moby/moby/api/types/swarm"
+	"github.com/moby/swarmkit/v2/agent/exec"
 	"github.com/moby/swarmkit/v2/api"
 	swarmlog "github.com/moby/swarmkit/v2/log"
 	"github.com/moby/swarmkit/v2/manager/allocator/networkallocator"
@@ -60,6 +69,14 @@ type Options struct {
 	// hostname option.
 	ExecutorOptions []executor.Option
 
+	// RestartSafe wraps every node's executor with plugin.RestartSafe
+	// (executor, backend, Node.KeepDir()) each time the node starts, as a
+	// daemon with the fix of issue 16 does, so that Node.Shutdown keeps
+	// the node's plugins for its Restart while Node.Leave removes them.
+	// Without it, a node runs the plain executor, as upstream does, and
+	// Shutdown removes its plugins like Leave.
+	RestartSafe bool
+
 	// Verbose sends swarmkit's logs (level info and above) to LogOutput.
 	Verbose bool
 	// LogOutput receives the logs when Verbose is set; os.Stderr if nil.
@@ -67,27 +84,246 @@ type Options struct {
 }
 
 // Node is one node of a Cluster.
+//
+// A node runs from the Start or AddWorker that created it until it is
+// stopped (Shutdown, Leave, or the Cluster's Stop); a stopped node can be
+// started again (Restart, Rejoin) until the Cluster stops. Each start runs a
+// new swarmkit node.Node on the same state dir, Backend and Executor, the
+// way a daemon that restarts keeps its data root and its plugin Manager's
+// state on disk. Its methods are safe for concurrent use; the stops and
+// starts of one node are serialised.
 type Node struct {
 	// Hostname is the node's name: "manager", "worker-1", "worker-2", ...
 	Hostname string
 	// Manager tells whether the node was started as the cluster's manager.
 	Manager bool
 	// Backend is the plugin backend the node's executor runs tasks against.
+	// It is the same across restarts.
 	Backend plugin.Backend
-	// Executor is the node's executor.
+	// Executor is the node's executor. It is the same across restarts (its
+	// only state is the node object swarmkit configures it with); with
+	// Options.RestartSafe, each start hands swarmkit a new plugin.RestartSafe
+	// wrapper of it.
 	Executor *executor.Executor
 
-	node     *node.Node
-	stateDir string
-	stopOnce sync.Once
-	stopErr  error
+	c        *Cluster
+	stateDir string // the swarm state: what Rejoin wipes
+	keepDir  string // plugin.RestartSafe's record; survives Rejoin
+	listen   string // ListenRemoteAPI; the manager's bound address once known
+
+	opMu     sync.Mutex // serialises starts and stops
+	closed   bool       // stopped for good and dirs removed (Cluster.Stop); under opMu
+	closeErr error
+
+	mu      sync.Mutex // guards the fields below
+	node    *node.Node // the current (or last) run; nil before the first
+	running bool       // started and not stopped since
 }
 
-// ID returns the node's swarm ID.
-func (n *Node) ID() string { return n.node.NodeID() }
+// ID returns the node's swarm ID, that of its current or last run ("" before
+// it has one). A Rejoin gives the node a new ID.
+func (n *Node) ID() string {
+	sn := n.SwarmNode()
+	if sn == nil {
+		return ""
+	}
+	return sn.NodeID()
+}
 
-// SwarmNode returns the underlying swarmkit node.
-func (n *Node) SwarmNode() *node.Node { return n.node }
+// SwarmNode returns the underlying swarmkit node of the current or last
+// run; each start replaces it.
+func (n *Node) SwarmNode() *node.Node {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.node
+}
+
+// Running reports whether the node runs: it was started and not stopped
+// since.
+func (n *Node) Running() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.running
+}
+
+// StateDir returns the node's swarm state directory (certificates, task
+// database, raft for the manager), the same across restarts. Rejoin wipes
+// it. It is removed when the Cluster stops.
+func (n *Node) StateDir() string { return n.stateDir }
+
+// KeepDir returns the directory the node's plugin.RestartSafe executor
+// keeps its record of kept plugins in (see Options.RestartSafe), and that
+// Shutdown passes to plugin.ShuttingDown: a daemon's data root, outside the
+// swarm state. It exists whether or not Options.RestartSafe is set, is the
+// same across restarts, survives Rejoin, and is removed when the Cluster
+// stops.
+func (n *Node) KeepDir() string { return n.keepDir }
+
+// Shutdown stops the node the way a daemon stops it when it shuts down:
+// plugin.ShuttingDown(KeepDir()), then the swarmkit node's Stop. With
+// Options.RestartSafe the node's plugins stay installed for Restart;
+// without, ShuttingDown does nothing (no executor has that dir) and the
+// node's plugins are removed as upstream removes them. The swarmkit node
+// calls the task controllers' Remove without waiting for it, so a removal
+// may still be under way when Shutdown returns. ctx bounds the stop (at most
+// 30 s). It fails if the node is not running.
+func (n *Node) Shutdown(ctx context.Context) error {
+	return n.halt(ctx, true)
+}
+
+// Leave stops the node the way "docker swarm leave" does: the swarmkit
+// node's Stop without plugin.ShuttingDown, so the node's plugins are
+// removed (and, with Options.RestartSafe, so are the plugins still kept
+// from an earlier Shutdown). The daemon also wipes its swarm state then;
+// Leave does not: Rejoin does. The manager keeps the node in its node list,
+// DOWN once its heartbeat expires. Like Shutdown, Leave may return before
+// the removals are done, and fails if the node is not running.
+func (n *Node) Leave(ctx context.Context) error {
+	return n.halt(ctx, false)
+}
+
+// Restart starts the stopped node again as the same swarm node: a new
+// swarmkit node on the same state dir, Backend, Executor and KeepDir (a new
+// plugin.RestartSafe wrapper with Options.RestartSafe), as a daemon that
+// starts again does. A manager listens on the address it had. Restart
+// returns once the swarmkit node is ready and the manager sees every
+// running node READY. It fails if the node runs or the Cluster stopped.
+func (n *Node) Restart(ctx context.Context) error {
+	return n.start(ctx, false)
+}
+
+// Rejoin wipes the stopped worker's state dir, as when a daemon's swarm
+// state is lost while it is down, and starts it again: it joins the cluster
+// as a new node (the worker join token, the manager's address) with a new
+// ID, on the same Backend, Executor and KeepDir, so that a RestartSafe
+// executor finds the plugins its last Shutdown kept. The old node stays in
+// the manager's list (DOWN once its heartbeat expires). Rejoin returns once
+// the new node is ready and the manager sees it READY. It fails for the
+// manager (the cluster's only one, whose state is the swarm), for a node
+// that runs, and once the Cluster stopped.
+func (n *Node) Rejoin(ctx context.Context) error {
+	return n.start(ctx, true)
+}
+
+// halt stops the node; shuttingDown tells a daemon shutdown from a leave.
+func (n *Node) halt(ctx context.Context, shuttingDown bool) error {
+	n.opMu.Lock()
+	defer n.opMu.Unlock()
+	if n.closed {
+		return fmt.Errorf("swarmtest: %s: the cluster stopped", n.Hostname)
+	}
+	if !n.Running() {
+		return fmt.Errorf("swarmtest: %s is not running", n.Hostname)
+	}
+	if shuttingDown {
+		plugin.ShuttingDown(n.keepDir)
+	}
+	return n.stopLocked(ctx)
+}
+
+// start starts the stopped node again; wipe wipes its state first, so that
+// it joins as a new node.
+func (n *Node) start(ctx context.Context, wipe bool) error {
+	n.opMu.Lock()
+	defer n.opMu.Unlock()
+	switch {
+	case n.closed:
+		return fmt.Errorf("swarmtest: %s: the cluster stopped", n.Hostname)
+	case n.Running():
+		return fmt.Errorf("swarmtest: %s is running; stop it first", n.Hostname)
+	case wipe && n.Manager:
+		return fmt.Errorf("swarmtest: %s is the cluster's manager; it cannot join as a new node", n.Hostname)
+	}
+	if wipe {
+		if err := os.RemoveAll(n.stateDir); err != nil {
+			return fmt.Errorf("swarmtest: wipe the state of %s: %w", n.Hostname, err)
+		}
+	}
+	if err := n.run(ctx, wipe); err != nil {
+		return err
+	}
+	if n.Manager {
+		// The control connection lost the manager's socket; do not let
+		// it wait out its reconnection backoff.
+		n.c.conn.ResetConnectBackoff()
+	}
+	return n.c.waitNodesReady(ctx)
+}
+
+// run starts a new swarmkit node for n and waits until it is ready. join
+// makes a worker join the cluster with the worker token; otherwise it
+// starts from its state dir. The caller holds n.opMu.
+func (n *Node) run(ctx context.Context, join bool) error {
+	c := n.c
+	var exe exec.Executor = n.Executor
+	if c.opts.RestartSafe {
+		safe, err := plugin.RestartSafe(n.Executor, n.Backend, n.keepDir)
+		if err != nil {
+			return fmt.Errorf("swarmtest: executor of %s: %w", n.Hostname, err)
+		}
+		exe = safe
+	}
+	cfg := &node.Config{
+		Hostname:        n.Hostname,
+		StateDir:        n.stateDir,
+		ListenRemoteAPI: n.listen,
+		Executor:        exe,
+		NetworkProvider: inertNetworks{},
+	}
+	if n.Manager {
+		cfg.ListenControlAPI = filepath.Join(n.stateDir, "control.sock")
+	} else if join {
+		cfg.JoinAddr = c.managerAddr
+		cfg.JoinToken = c.workerToken
+	}
+	sn, err := node.New(cfg)
+	if err != nil {
+		return fmt.Errorf("swarmtest: new node %s: %w", n.Hostname, err)
+	}
+	n.mu.Lock()
+	n.node, n.running = sn, true
+	n.mu.Unlock()
+
+	if err := sn.Start(c.ctx); err != nil {
+		return fmt.Errorf("swarmtest: start node %s: %w", n.Hostname, err)
+	}
+	errc := make(chan error, 1)
+	errCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { errc <- sn.Err(errCtx) }()
+	select {
+	case <-sn.Ready():
+	case err := <-errc:
+		if errCtx.Err() == nil {
+			return fmt.Errorf("swarmtest: node %s stopped before it was ready: %v", n.Hostname, err)
+		}
+		return fmt.Errorf("swarmtest: node %s not ready: %w", n.Hostname, ctx.Err())
+	}
+	if n.Manager {
+		// Restarts listen where the workers know the manager is.
+		addr, err := sn.RemoteAPIAddr()
+		if err != nil {
+			return fmt.Errorf("swarmtest: manager address: %w", err)
+		}
+		n.listen = addr
+	}
+	return nil
+}
+
+// stopLocked stops the running swarmkit node. The caller holds n.opMu.
+func (n *Node) stopLocked(ctx context.Context) error {
+	n.mu.Lock()
+	sn := n.node
+	n.running = false
+	n.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	// A node whose Start was never called answers "node: not started".
+	if err := sn.Stop(ctx); err != nil && err.Error() != "node: not started" {
+		return fmt.Errorf("swarmtest: stop %s: %w", n.Hostname, err)
+	}
+	return nil
+}
 
 // Cluster is an in-process swarmkit cluster. Its methods are safe for
 // concurrent use.
@@ -107,6 +343,9 @@ type Cluster struct {
 	nodes   []*Node
 	workers int // number of workers ever added, for hostnames
 	stopped bool
+
+	closeConn    sync.Once // the control connection, closed by the first Stop
+	closeConnErr error
 }
 
 // Start starts a manager node, then opts.Workers worker nodes, and returns
@@ -133,9 +372,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, retErr error) {
 	}
 	c.control = api.NewControlClient(c.conn)
 	c.watch = api.NewWatchClient(c.conn)
-	if c.managerAddr, err = m.node.RemoteAPIAddr(); err != nil {
-		return nil, fmt.Errorf("swarmtest: manager address: %w", err)
-	}
+	c.managerAddr = m.listen
 	if c.workerToken, err = c.joinToken(ctx); err != nil {
 		return nil, err
 	}
@@ -181,52 +418,34 @@ func (c *Cluster) startNode(ctx context.Context, hostname string, manager bool) 
 	if err != nil {
 		return nil, err
 	}
-	exe := executor.New(backend, append([]executor.Option{executor.WithHostname(hostname)}, c.opts.ExecutorOptions...)...)
-	cfg := &node.Config{
-		Hostname:        hostname,
-		StateDir:        dir,
-		ListenRemoteAPI: "127.0.0.1:0",
-		Executor:        exe,
-		NetworkProvider: inertNetworks{},
-	}
-	if manager {
-		cfg.ListenControlAPI = filepath.Join(dir, "control.sock")
-	} else {
-		cfg.JoinAddr = c.managerAddr
-		cfg.JoinToken = c.workerToken
-	}
-	sn, err := node.New(cfg)
+	keep, err := os.MkdirTemp("", "swk-keep-")
 	if err != nil {
 		os.RemoveAll(dir)
-		return nil, fmt.Errorf("swarmtest: new node %s: %w", hostname, err)
+		return nil, err
 	}
-	n := &Node{Hostname: hostname, Manager: manager, Backend: backend, Executor: exe, node: sn, stateDir: dir}
+	exe := executor.New(backend, append([]executor.Option{executor.WithHostname(hostname)}, c.opts.ExecutorOptions...)...)
+	n := &Node{
+		Hostname: hostname, Manager: manager, Backend: backend, Executor: exe,
+		c: c, stateDir: dir, keepDir: keep, listen: "127.0.0.1:0",
+	}
 
 	c.mu.Lock()
 	if c.stopped {
 		c.mu.Unlock()
 		os.RemoveAll(dir)
+		os.RemoveAll(keep)
 		return nil, errors.New("swarmtest: cluster stopped")
 	}
 	c.nodes = append(c.nodes, n)
 	c.mu.Unlock()
 
-	if err := sn.Start(c.ctx); err != nil {
-		return nil, fmt.Errorf("swarmtest: start node %s: %w", hostname, err)
+	// Stop, which now sees the node, waits for opMu to stop it.
+	n.opMu.Lock()
+	defer n.opMu.Unlock()
+	if err := n.run(ctx, !manager); err != nil {
+		return nil, err
 	}
-	errc := make(chan error, 1)
-	errCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() { errc <- sn.Err(errCtx) }()
-	select {
-	case <-sn.Ready():
-		return n, nil
-	case err := <-errc:
-		if errCtx.Err() == nil {
-			return nil, fmt.Errorf("swarmtest: node %s stopped before it was ready: %v", hostname, err)
-		}
-		return nil, fmt.Errorf("swarmtest: node %s not ready: %w", hostname, ctx.Err())
-	}
+	return n, nil
 }
 
 // controlConn dials the manager's local control socket the way swarmkit's
@@ -293,8 +512,8 @@ func (c *Cluster) addWorker(ctx context.Context) (*Node, error) {
 	return c.startNode(ctx, name, false)
 }
 
-// waitNodesReady waits until every node of the cluster is READY in the
-// manager's node list.
+// waitNodesReady waits until every running node of the cluster is READY in
+// the manager's node list.
 func (c *Cluster) waitNodesReady(ctx context.Context) error {
 	return poll(ctx, "every node READY", func() (bool, string, error) {
 		resp, err := c.control.ListNodes(ctx, &api.ListNodesRequest{})
@@ -307,6 +526,9 @@ func (c *Cluster) waitNodesReady(ctx context.Context) error {
 		}
 		var missing []string
 		for _, n := range c.Nodes() {
+			if !n.Running() {
+				continue
+			}
 			if id := n.ID(); id == "" || !ready[id] {
 				missing = append(missing, n.Hostname)
 			}
@@ -577,9 +799,11 @@ func (c *Cluster) FormatTasks(tasks []*api.Task) string {
 	return strings.TrimSuffix(b.String(), "\n")
 }
 
-// Stop stops every node, the workers first (in parallel), then the manager,
-// and removes their state directories. ctx bounds each node's shutdown. Stop
-// may be called more than once; later calls return the first result.
+// Stop stops every running node, the workers first (in parallel), then the
+// manager, and removes every node's state directory and KeepDir. It stops a
+// node as Leave does (no plugin.ShuttingDown). ctx bounds each node's
+// shutdown. Stop may be called more than once; later calls return the first
+// result for each node. Afterwards, no node can be started again.
 func (c *Cluster) Stop(ctx context.Context) error {
 	c.mu.Lock()
 	c.stopped = true
@@ -597,39 +821,45 @@ func (c *Cluster) Stop(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = n.stop(ctx)
+			errs[i] = n.close(ctx)
 		}()
 	}
 	wg.Wait()
 	for i, n := range nodes {
 		if n.Manager {
-			errs[i] = n.stop(ctx)
+			errs[i] = n.close(ctx)
 		}
 	}
 	if c.cancel != nil {
 		c.cancel()
 	}
-	if c.conn != nil {
-		if err := c.conn.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("swarmtest: close control connection: %w", err))
-		}
-	}
-	return errors.Join(errs...)
-}
-
-func (n *Node) stop(ctx context.Context) error {
-	n.stopOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		// A node whose Start was never called answers "node: not started".
-		if err := n.node.Stop(ctx); err != nil && err.Error() != "node: not started" {
-			n.stopErr = fmt.Errorf("swarmtest: stop %s: %w", n.Hostname, err)
-		}
-		if err := os.RemoveAll(n.stateDir); err != nil && n.stopErr == nil {
-			n.stopErr = err
+	c.closeConn.Do(func() {
+		if c.conn != nil {
+			if err := c.conn.Close(); err != nil {
+				c.closeConnErr = fmt.Errorf("swarmtest: close control connection: %w", err)
+			}
 		}
 	})
-	return n.stopErr
+	return errors.Join(append(errs, c.closeConnErr)...)
+}
+
+// close stops the node if it runs and removes its directories, once.
+func (n *Node) close(ctx context.Context) error {
+	n.opMu.Lock()
+	defer n.opMu.Unlock()
+	if n.closed {
+		return n.closeErr
+	}
+	n.closed = true
+	if n.Running() {
+		n.closeErr = n.stopLocked(ctx)
+	}
+	for _, dir := range []string{n.stateDir, n.keepDir} {
+		if err := os.RemoveAll(dir); err != nil && n.closeErr == nil {
+			n.closeErr = err
+		}
+	}
+	return n.closeErr
 }
 
 // poll calls cond every few milliseconds until it reports done, returns an
