@@ -1,7 +1,9 @@
 // Command demo shows the plugin controller at work in a real, in-process
 // swarmkit cluster: it starts one manager and some workers, each with its own
 // plugin backend and executor, then deploys a global plugin service, changes
-// its environment, disables it and removes it, and prints a table of every
+// its environment, restarts a node the way a daemon restarts (the plugin
+// stays installed with its ID and the task resumes, without a pull),
+// disables the plugin and removes the service, and prints a table of every
 // node's task and plugin state each time that state changes, then a summary.
 //
 //	go run ./cmd/demo [-workers N] [-backend fake|moby] [-v]
@@ -41,6 +43,7 @@ import (
 
 	"github.com/seed-e85c93d5/plugin"
 	"github.com/seed-e85c93d5/plugin/internal/swarmtest"
+	"github.com/seed-e85c93d5/plugin/plugintest"
 )
 
 func main() {
@@ -177,6 +180,9 @@ type step struct {
 	// done reports whether the snapshot shows the step complete, and a
 	// one-line result.
 	done func(s snapshot) (bool, string)
+	// check, if set, fails the step at once on a snapshot that must never
+	// happen during it.
+	check func(s snapshot) error
 }
 
 type result struct {
@@ -206,8 +212,11 @@ func (d *demo) run(ctx context.Context, workers int, backendName string) (retErr
 	d.c, err = swarmtest.Start(startCtx, swarmtest.Options{
 		Workers:    workers,
 		NewBackend: k.newBackend,
-		Verbose:    d.verbose,
-		LogOutput:  d.stderr,
+		// Every node's executor is plugin.RestartSafe, as in a daemon
+		// with integration/dockerd/daemon-v28.3.0.patch.
+		RestartSafe: true,
+		Verbose:     d.verbose,
+		LogOutput:   d.stderr,
 	})
 	cancel()
 	if err != nil {
@@ -274,6 +283,7 @@ func (d *demo) run(ctx context.Context, workers int, backendName string) (retErr
 			},
 			done: func(s snapshot) (bool, string) { return d.converged(s, spec) },
 		},
+		d.restartStep(&spec),
 		{
 			name:  "disable",
 			title: "Update: disable the plugin (Disabled=true)",
@@ -335,6 +345,11 @@ func (d *demo) runStep(ctx context.Context, n int, st step) (result, error) {
 		s, err := d.snapshot(ctx)
 		if err == nil {
 			d.print(s)
+			if st.check != nil {
+				if err := st.check(s); err != nil {
+					return result{}, fmt.Errorf("step %d (%s): %w", n, st.title, err)
+				}
+			}
 			if ok, outcome := st.done(s); ok {
 				elapsed := time.Since(d.start)
 				fmt.Fprintf(d.out, "-> done in %s: %s\n", elapsed.Round(10*time.Millisecond), outcome)
@@ -394,8 +409,92 @@ func (d *demo) converged(s snapshot, spec runtime.PluginSpec) (bool, string) {
 	return true, fmt.Sprintf("new task RUNNING on %d/%s; plugin %s, %s everywhere", len(s.views), count(len(s.views), "node"), state, strings.Join(spec.Env, " "))
 }
 
+// restartStep restarts the swarm's last node (a worker, or the manager of a
+// swarm of one) as a daemon restarts: plugin.ShuttingDown, the node stops,
+// the node starts again. Its plugin must stay installed and enabled with
+// the same ID throughout, and the same task must run again, without a pull.
+func (d *demo) restartStep(spec *runtime.PluginSpec) step {
+	var node *swarmtest.Node
+	var taskID, pluginID string
+	var pullsBefore int
+	lost := func(v pluginView) error {
+		if !v.present || !v.enabled || v.id != pluginID {
+			return fmt.Errorf("the plugin on %s was not kept: %s", node.Hostname, v)
+		}
+		return nil
+	}
+	return step{
+		name:  "restart",
+		title: "Restart the last node as a daemon restarts (plugin.ShuttingDown, stop, start)",
+		action: func(ctx context.Context) error {
+			nodes := d.c.Nodes()
+			node = nodes[len(nodes)-1]
+			s, err := d.snapshot(ctx)
+			if err != nil {
+				return err
+			}
+			if t := newestOn(s.tasks, node.ID()); t != nil {
+				taskID = t.ID
+			}
+			pluginID, pullsBefore = s.views[len(nodes)-1].id, pulls(node.Backend)
+			if err := node.Shutdown(ctx); err != nil {
+				return err
+			}
+			v := inspect(node.Backend)
+			fmt.Fprintf(d.out, "  %s stopped: plugin %s\n", node.Hostname, v)
+			if err := lost(v); err != nil {
+				return err
+			}
+			return node.Restart(ctx)
+		},
+		check: func(s snapshot) error { return lost(s.views[len(s.views)-1]) },
+		done: func(s snapshot) (bool, string) {
+			if ok, _ := d.converged(s, *spec); !ok {
+				return false, ""
+			}
+			t := newestOn(s.tasks, node.ID())
+			if t == nil || t.ID != taskID || s.views[len(s.views)-1].refs != 1 {
+				return false, "" // the resumed task's Wait holds its reference
+			}
+			outcome := fmt.Sprintf("%s back: same task %s RUNNING, plugin %s kept, enabled throughout", node.Hostname, short(taskID), short(pluginID))
+			if n := pulls(node.Backend); n >= 0 {
+				outcome += fmt.Sprintf(", %d pulls", n-pullsBefore)
+			}
+			return true, outcome
+		},
+	}
+}
+
+// newestOn returns the newest of tasks on the node nodeID, or nil.
+func newestOn(tasks []*api.Task, nodeID string) *api.Task {
+	var newest *api.Task
+	for _, t := range tasks {
+		if t.NodeID == nodeID {
+			newest = t
+		}
+	}
+	return newest
+}
+
+// pulls counts the Pull and Upgrade calls b has answered, or -1 if b does
+// not record its calls (moby's Manager).
+func pulls(b plugin.Backend) int {
+	r, ok := b.(interface{ Calls() []plugintest.Call })
+	if !ok {
+		return -1
+	}
+	n := 0
+	for _, c := range r.Calls() {
+		if c.Method == "Pull" || c.Method == "Upgrade" {
+			n++
+		}
+	}
+	return n
+}
+
 // pluginView is one node's plugin, as its backend shows it.
 type pluginView struct {
+	id      string
 	present bool
 	enabled bool
 	refs    int
@@ -420,7 +519,7 @@ func inspect(b plugin.Backend) pluginView {
 	}
 	// moby's *v2.Plugin has no race-free copy; the accessors lock, and the
 	// reference and env change only while the plugin is disabled.
-	obj := types.Plugin{Enabled: p.IsEnabled(), PluginReference: p.PluginObj.PluginReference}
+	obj := types.Plugin{ID: p.GetID(), Enabled: p.IsEnabled(), PluginReference: p.PluginObj.PluginReference}
 	obj.Settings.Env = slices.Clone(p.PluginObj.Settings.Env)
 	return view(obj, p.GetRefCount(), nil)
 }
@@ -432,7 +531,19 @@ func view(obj types.Plugin, refs int, err error) pluginView {
 	if err != nil {
 		return pluginView{err: err}
 	}
-	return pluginView{present: true, enabled: obj.Enabled, refs: refs, ref: obj.PluginReference, env: obj.Settings.Env}
+	return pluginView{id: obj.ID, present: true, enabled: obj.Enabled, refs: refs, ref: obj.PluginReference, env: obj.Settings.Env}
+}
+
+func (v pluginView) String() string {
+	switch {
+	case v.err != nil:
+		return "error: " + v.err.Error()
+	case !v.present:
+		return "absent"
+	case v.enabled:
+		return short(v.id) + " enabled"
+	}
+	return short(v.id) + " disabled"
 }
 
 // snapshot is the state of every node: the service's tasks and each node's

@@ -38,6 +38,9 @@ func TestDemo(t *testing.T) {
 		"new task RUNNING on 2/2 nodes; plugin enabled, DEBUG=1 everywhere\n",
 		"plugin enabled, DEBUG=1 everywhere",
 		"plugin enabled, DEBUG=2 everywhere",
+		"  worker-1 stopped: plugin ",
+		"worker-1 back: same task ",
+		" kept, enabled throughout, 0 pulls\n",
 		"plugin disabled, DEBUG=2 everywhere",
 		"plugin removed from 2/2 nodes",
 		"== Summary",
@@ -65,6 +68,7 @@ func TestDemoOneNode(t *testing.T) {
 	for _, want := range []string{
 		"Starting an in-process swarm: 1 manager + 0 workers, plugin backend \"fake\" ...\n",
 		": 1 node.\n",
+		"manager back: same task ",
 		"new task RUNNING on 1/1 node; plugin disabled, DEBUG=2 everywhere\n",
 		"plugin removed from 1/1 node\n",
 	} {
