@@ -15,6 +15,7 @@ import (
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/api/types/swarm"
 	"github.com/docker/docker/client"
 	"github.com/moby/sys/mount"
@@ -50,7 +51,16 @@ type Daemon struct {
 	dockerd    *process        // nil while stopped
 	links      map[string]bool // the host's network interfaces before
 	hostDirs   map[string]bool // which of hostDirs existed before
+	swarmAddr  string          // the swarm listen address, once in a swarm
+	// gwBridge is the Linux name of the bridge of the daemon's
+	// docker_gwbridge network: docker_gwbridge, as dockerd names it, unless
+	// JoinSwarm created the network with a name of its own.
+	gwBridge string
 }
+
+// defaultGWBridge is the name of the network dockerd creates for a swarm
+// node's ingress sandbox, and of its bridge.
+const defaultGWBridge = "docker_gwbridge"
 
 // hostDirs are directories outside its own that the daemon creates if they
 // are missing: containerd's shims put their sockets in /run/containerd/s,
@@ -83,7 +93,7 @@ func newDaemon(ctx context.Context, f flavor, bin string) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{Flavor: f, bin: bin, dir: dir, links: links, hostDirs: map[string]bool{}}
+	d := &Daemon{Flavor: f, bin: bin, dir: dir, links: links, hostDirs: map[string]bool{}, gwBridge: defaultGWBridge}
 	for _, dir := range hostDirs {
 		_, err := os.Stat(dir)
 		d.hostDirs[dir] = err == nil
@@ -168,26 +178,103 @@ func (d *Daemon) Restart(ctx context.Context) error {
 // it is an active manager. The swarm listens on a free port rather than
 // 2377, so that it does not clash with another daemon on the machine.
 func (d *Daemon) InitSwarm(ctx context.Context) error {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeAddr("127.0.0.1")
 	if err != nil {
-		return err
-	}
-	addr := l.Addr().String()
-	if err := l.Close(); err != nil {
 		return err
 	}
 	if _, err := d.Client.SwarmInit(ctx, swarm.InitRequest{ListenAddr: addr, AdvertiseAddr: "127.0.0.1"}); err != nil {
 		return err
 	}
+	d.swarmAddr = addr
+	return d.waitSwarm(ctx, true)
+}
+
+// JoinSwarm makes the daemon a worker of manager's swarm, listening on a
+// free port of host and advertising host, and waits until it is an active
+// node. host must be a loopback address other than the manager's and any
+// other daemon's of the swarm: libnetwork's gossip (networkdb) binds port
+// 7946 on the host of the swarm listen address, with no way to choose the
+// port, so two daemons on one address clash (the second logs "Error in
+// agentInit ... 127.0.0.1:7946: bind: address already in use" and takes
+// 5 s longer to stop). Before the join, it creates the docker_gwbridge
+// network itself with a bridge named after the daemon's directory: dockerd
+// would otherwise give it the Linux name docker_gwbridge, which the
+// manager's already has on this host, and reuse that bridge. (On this
+// machine the worker's ingress sandbox fails before it needs the gateway:
+// the manager's ingress VXLAN has the same VNI in the same network
+// namespace, "error creating vxlan interface: file exists". That is
+// harmless for plugin services, as the manager's own ingress errors are.)
+func (d *Daemon) JoinSwarm(ctx context.Context, manager *Daemon, host string) error {
+	if manager.swarmAddr == "" {
+		return errors.New("the manager has no swarm address")
+	}
+	sw, err := manager.Client.SwarmInspect(ctx)
+	if err != nil {
+		return err
+	}
+	if err := d.createGWBridge(ctx, "gw"+filepath.Base(d.dir)); err != nil {
+		return err
+	}
+	addr, err := freeAddr(host)
+	if err != nil {
+		return err
+	}
+	err = d.Client.SwarmJoin(ctx, swarm.JoinRequest{
+		ListenAddr:    addr,
+		AdvertiseAddr: host,
+		RemoteAddrs:   []string{manager.swarmAddr},
+		JoinToken:     sw.JoinTokens.Worker,
+	})
+	if err != nil {
+		return err
+	}
+	d.swarmAddr = addr
+	return d.waitSwarm(ctx, false)
+}
+
+// createGWBridge creates the docker_gwbridge network with the options
+// dockerd gives it (libnetwork's createGWNetwork), but with the Linux
+// bridge name bridge (at most 15 bytes), as Docker's documentation has
+// one customise the network before joining a swarm. dockerd uses a
+// docker_gwbridge network that exists, whatever its bridge.
+func (d *Daemon) createGWBridge(ctx context.Context, bridge string) error {
+	_, err := d.Client.NetworkCreate(ctx, defaultGWBridge, network.CreateOptions{
+		Driver: "bridge",
+		Options: map[string]string{
+			"com.docker.network.bridge.name":                 bridge,
+			"com.docker.network.bridge.enable_icc":           "false",
+			"com.docker.network.bridge.enable_ip_masquerade": "true",
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("creating %s with bridge %s: %w", defaultGWBridge, bridge, err)
+	}
+	d.gwBridge = bridge
+	return nil
+}
+
+// waitSwarm waits until the daemon is an active swarm node, and a manager
+// if manager is set.
+func (d *Daemon) waitSwarm(ctx context.Context, manager bool) error {
 	return poll(ctx, "the swarm to be active", func(ctx context.Context) (bool, string, error) {
 		info, err := d.Client.Info(ctx)
 		if err != nil {
 			return false, "", err
 		}
 		s := info.Swarm
-		return s.LocalNodeState == swarm.LocalNodeStateActive && s.ControlAvailable,
+		return s.LocalNodeState == swarm.LocalNodeStateActive && (s.ControlAvailable || !manager),
 			fmt.Sprintf("state %s, manager %v, error %q", s.LocalNodeState, s.ControlAvailable, s.Error), nil
 	})
+}
+
+// freeAddr returns host with a port that is free at the moment.
+func freeAddr(host string) (string, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return "", err
+	}
+	addr := l.Addr().String()
+	return addr, l.Close()
 }
 
 // removeGWBridge removes docker_gwbridge after a swarm leave. The leave
@@ -294,9 +381,12 @@ func (d *Daemon) Close() error {
 }
 
 // deleteNewLinks deletes the bridges and veths that appeared on the host
-// since newDaemon; after a swarm leave and the removal of docker_gwbridge
-// there should be none, but a sandbox's veth may outlive dockerd briefly. Another program creating such links meanwhile would lose
-// them: the harness runs on test machines only.
+// since newDaemon: its docker_gwbridge network's bridge (d.gwBridge) and
+// the veths attached to it or to no bridge. After a swarm leave and the
+// removal of docker_gwbridge there should be none, but a sandbox's veth
+// may outlive dockerd briefly. Another daemon's veths are attached to its
+// own bridge and stay; another program creating such links meanwhile
+// would lose them: the harness runs on test machines only.
 func (d *Daemon) deleteNewLinks() error {
 	now, err := netLinks()
 	if err != nil {
@@ -304,7 +394,7 @@ func (d *Daemon) deleteNewLinks() error {
 	}
 	var errs []error
 	for name := range now {
-		if d.links[name] || !(name == "docker_gwbridge" || strings.HasPrefix(name, "veth")) {
+		if d.links[name] || !(name == d.gwBridge || strings.HasPrefix(name, "veth") && d.ownsVeth(name)) {
 			continue
 		}
 		// A veth of a sandbox dockerd tore down as it stopped may linger
@@ -316,6 +406,13 @@ func (d *Daemon) deleteNewLinks() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// ownsVeth reports whether the veth called name is attached to the
+// daemon's docker_gwbridge bridge, or to none.
+func (d *Daemon) ownsVeth(name string) bool {
+	master, err := os.Readlink(filepath.Join("/sys/class/net", name, "master"))
+	return err != nil || filepath.Base(master) == d.gwBridge
 }
 
 // netLinks returns the names of the host's network interfaces.
@@ -359,6 +456,26 @@ func waitReady(ctx context.Context, p *process, logPath string, ready func(conte
 		return fmt.Errorf("%w\n%s", err, tail(string(log), 20))
 	}
 	return nil
+}
+
+// logMessages returns the lines of dockerd's log from byte offset on
+// whose message holds one of msgs, without their time.
+func (d *Daemon) logMessages(offset int64, msgs ...string) []string {
+	log, _ := d.logSince(offset)
+	var lines []string
+	for _, line := range strings.Split(log, "\n") {
+		m := logLine.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		for _, msg := range msgs {
+			if strings.Contains(m[2], msg) {
+				lines = append(lines, "level="+m[1]+" "+m[2])
+				break
+			}
+		}
+	}
+	return lines
 }
 
 // logSince returns dockerd's log from byte offset on, and the offset of

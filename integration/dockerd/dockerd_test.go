@@ -16,7 +16,7 @@ import (
 	"github.com/docker/docker/api/types/volume"
 )
 
-// scenarios are issue 15's scenarios (a)–(e) and issue 16's (f) and (g),
+// scenarios are issue 15's scenarios (a)–(e) and issue 16's (f)–(h),
 // each with its own plugin name and service, run in this order on each
 // daemon. The fork must pass them all. stock records what the issue says
 // stock dockerd does.
@@ -28,6 +28,7 @@ var scenarios = []*scenario{
 	{id: "e", title: "removing the service removes the plugin", run: removeService, issue: 15},
 	{id: "f", title: "dockerd restart keeps the plugin", run: restartKeepsPlugin, issue: 16, stock: &outcome{failsAt: stepKeptAtStart}},
 	{id: "g", title: "swarm leave removes the plugin", run: leaveRemovesPlugin, issue: 16, stock: &outcome{}},
+	{id: "h", title: "service deleted while a worker was down", run: serviceDeletedWhileDown, issue: 16, stock: &outcome{}},
 }
 
 // TestDockerd runs every scenario on stock dockerd, then on the fork, and

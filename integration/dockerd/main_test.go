@@ -4,7 +4,8 @@
 // daemon, end to end: it builds moby v28.3.0's dockerd twice from one copy
 // of its source, as released (stock) and with this repository's controller
 // swapped in (fork), starts each in turn with a containerd of its own as a
-// one-node swarm, and drives plugin services through the Docker API with a
+// one-node swarm (scenario (h) adds a second daemon of the same flavor as
+// a worker), and drives plugin services through the Docker API with a
 // real managed plugin (volplugin, run by runc) pulled from a registry on
 // loopback. It records each scenario's steps on both daemons and prints
 // them side by side; the fork must pass every scenario.

@@ -238,21 +238,7 @@ func (s *scenarioRun) samePlugin(ctx context.Context, name, id string) error {
 // logMessages returns the lines of dockerd's log since the scenario began
 // whose message holds one of msgs, without their time.
 func (s *scenarioRun) logMessages(msgs ...string) []string {
-	log, _ := s.d.logSince(s.logStart)
-	var lines []string
-	for _, line := range strings.Split(log, "\n") {
-		m := logLine.FindStringSubmatch(line)
-		if m == nil {
-			continue
-		}
-		for _, msg := range msgs {
-			if strings.Contains(m[2], msg) {
-				lines = append(lines, "level="+m[1]+" "+m[2])
-				break
-			}
-		}
-	}
-	return lines
+	return s.d.logMessages(s.logStart, msgs...)
 }
 
 func (p pulls) minus(q pulls) pulls {
