@@ -108,10 +108,11 @@
 //     (never for a leave), keeps every plugin its services installed:
 //     installed, enabled (moby's Manager restores it), with its ID and
 //     settings. The first complete set of assignments after the restart
-//     gives each one back to a task of its service on the node, which
-//     resumes without a pull, or removes it if there is none: the service
-//     was deleted while the daemon was down, the node left, or its swarm
-//     state was wiped and it joined as a new node. Until then, another
+//     gives each one back to a task of its service on the node that the
+//     managers are not removing, which resumes without a pull, or removes
+//     it if there is none: the service was deleted while the daemon was
+//     down, the node left, or its swarm state was wiped and it joined as a
+//     new node (whose new tasks then pull again). Until then, another
 //     service's Prepare for the same plugin name waits. The record of kept
 //     plugins is dataRoot/swarm-plugins-kept.json, outside the swarm state.
 //   - A daemon that does not (upstream's) loses its plugin services'
@@ -120,8 +121,8 @@
 //   - Reference counts never survive: they live in the Manager's memory.
 //     Each task takes its reference again when it binds after the restart.
 //
-// For moby v28.3.0 the daemon side is a patch of two functions,
-// daemon/cluster/noderunner.go's (*nodeRunner).start and
+// For moby v28.3.0 (and moby v2) the daemon side is a patch of two
+// functions, daemon/cluster/noderunner.go's (*nodeRunner).start and
 // daemon/cluster/cluster.go's (*Cluster).Cleanup; see the README.
 //
 // # Differences from upstream
