@@ -1210,7 +1210,8 @@ func lockFor(key string) pluginLock {
 //     service installed meanwhile under the name is never touched. (A node
 //     whose state was wiped joins as a new node, whose first complete set
 //     is empty: its services' new tasks pull their plugins again.) A removal that fails is tried again at the next
-//     complete set. Until the first complete set, a Prepare of another
+//     complete set, and so is the removal of a plugin still in use (a
+//     volume on the driver). Until the first complete set, a Prepare of another
 //     service's task for a recorded plugin's name waits for it, rather than
 //     fail with ErrPluginExists.
 //
@@ -1466,7 +1467,11 @@ func (g *restartGuard) tasksApplied() {
 			continue
 		}
 		if err := g.removeKept(ctx, k); err != nil {
-			l.WithError(err).Error("cannot remove a plugin kept across the restart whose service has no task on the node; trying again at the next complete set of assignments")
+			level := log.ErrorLevel
+			if errors.Is(err, ErrPluginInUse) {
+				level = log.WarnLevel
+			}
+			l.WithError(err).Log(level, "cannot remove a plugin kept across the restart whose service has no task on the node; trying again at the next complete set of assignments")
 			remain = append(remain, k)
 		}
 	}
@@ -1494,8 +1499,9 @@ func (g *restartGuard) tasksApplied() {
 	}
 }
 
-// removeKept removes the kept plugin k unless it is gone, is no longer its
-// service's, or is in use: the checks of Remove.
+// removeKept removes the kept plugin k unless it is gone or is no longer
+// its service's, the checks of Remove; a plugin still in use is
+// ErrPluginInUse, and stays recorded.
 func (g *restartGuard) removeKept(ctx context.Context, k keptplugins.Plugin) error {
 	lock := lockFor(pluginKey(k.Name))
 	if err := lock.lock(ctx); err != nil {
@@ -1516,7 +1522,8 @@ func (g *restartGuard) removeKept(ctx context.Context, k keptplugins.Plugin) err
 }
 
 // removable looks the kept plugin k up and reports whether removeKept
-// should remove it: it is still its service's and no one holds it.
+// should remove it: it is still its service's and no one holds it (else
+// ErrPluginInUse).
 func (g *restartGuard) removable(l *log.Entry, k keptplugins.Plugin) (bool, error) {
 	holders.mu.Lock()
 	defer holders.mu.Unlock()
@@ -1533,8 +1540,9 @@ func (g *restartGuard) removable(l *log.Entry, k keptplugins.Plugin) (bool, erro
 		l.Info("plugin kept across the restart now belongs to someone else; leaving it alone")
 		return false, nil
 	case pl.GetRefCount() > 0:
-		l.WithField("references", pl.GetRefCount()).Info("plugin kept across the restart is in use; keeping it")
-		return false, nil
+		// A volume on the driver, say: Remove would keep it too. It stays
+		// recorded, and a later complete set removes it once unused.
+		return false, withDetail(ErrPluginInUse, fmt.Sprintf("%s has %d references", k.Name, pl.GetRefCount()), nil)
 	}
 	return true, nil
 }

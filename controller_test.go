@@ -2460,12 +2460,6 @@ func TestRestartLeavesAlonePluginsNotToRemove(t *testing.T) {
 			assert.NilError(t, b.Remove(name, &backend.PluginRmConfig{ForceRemove: true}))
 			install(t, b)
 		}, true},
-		{"in use by a volume", func(t *testing.T, b *plugintest.Backend) {
-			pl, err := b.Get(name)
-			assert.NilError(t, err)
-			pl.Acquire()
-			t.Cleanup(pl.Release)
-		}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := plugintest.NewBackend()
@@ -2479,6 +2473,30 @@ func TestRestartLeavesAlonePluginsNotToRemove(t *testing.T) {
 			assert.Assert(t, !n.recorded())
 		})
 	}
+}
+
+// A kept plugin no task claims but something else uses (a volume on the
+// driver) stays, as Remove would keep it, and stays recorded: a later
+// complete set removes it once it is unused.
+func TestRestartRemovesAPluginInUseOnceUnused(t *testing.T) {
+	b := plugintest.NewBackend()
+	b.AddRemote(remote, plugintest.Remote{})
+	dir := shutDown(t, b, service)
+	pl, err := b.Get(name)
+	assert.NilError(t, err)
+	pl.Acquire() // a volume
+	n := startNode(t, b, dir)
+
+	n.completeSet()
+	_, _, found := state(t, b, name)
+	assert.Assert(t, found)
+	assert.Assert(t, n.recorded())
+
+	pl.Release()
+	n.completeSet()
+	_, _, found = state(t, b, name)
+	assert.Assert(t, !found)
+	assert.Assert(t, !n.recorded())
 }
 
 // Until the first complete set, a Prepare of another service's task for a
