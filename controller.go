@@ -1209,11 +1209,12 @@ func lockFor(key string) pluginLock {
 //     down all end with the plugin removed; a plugin a person or another
 //     service installed meanwhile under the name is never touched. (A node
 //     whose state was wiped joins as a new node, whose first complete set
-//     is empty: its services' new tasks pull their plugins again.) A removal that fails is tried again at the next
-//     complete set, and so is the removal of a plugin still in use (a
-//     volume on the driver). Until the first complete set, a Prepare of another
-//     service's task for a recorded plugin's name waits for it, rather than
-//     fail with ErrPluginExists.
+//     is empty: its services' new tasks pull their plugins again.) A
+//     removal that fails is tried again at the next complete set, and so
+//     is the removal of a plugin still in use (a volume on the driver).
+//     Until the first complete set, a Prepare of another service's task
+//     for a recorded plugin's name waits for it, rather than fail with
+//     ErrPluginExists.
 //
 // The executor knows a complete set by the calls swarmkit v2's worker makes
 // for it, in order: Secrets().Reset(), then Controller for each new task,
