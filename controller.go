@@ -1291,7 +1291,6 @@ type restartGuard struct {
 	live         map[*Controller]api.TaskState // the desired state of each one's task when swarmkit asked for it
 	complete     bool                          // a complete set of assignments is being applied
 	swept        chan struct{}                 // closed once the first complete set was applied
-	sweptOnce    bool
 }
 
 // watch makes c's Remove keep its plugin after ShuttingDown, and lets c's
@@ -1342,7 +1341,7 @@ func (g *restartGuard) shutdown() {
 		if err != nil || pl == nil || pl.GetID() == "" || !c.owns(pl) {
 			continue // nothing of the task's service to keep
 		}
-		next = withKept(next, keptplugins.Plugin{ID: pl.GetID(), Name: pl.Name(), Service: c.service, Task: c.taskID, Kept: time.Now().UTC()})
+		next = withKept(next, c.kept(pl))
 	}
 	if len(next) == len(g.pending) {
 		return
@@ -1353,6 +1352,22 @@ func (g *restartGuard) shutdown() {
 		return
 	}
 	g.pending = next
+}
+
+// decidedLocked reports whether a complete set of assignments has decided
+// the kept plugins since the node started. The caller holds g.mu.
+func (g *restartGuard) decidedLocked() bool {
+	select {
+	case <-g.swept:
+		return true
+	default:
+		return false
+	}
+}
+
+// kept is the record of pl, kept for c's task.
+func (c *Controller) kept(pl *v2.Plugin) keptplugins.Plugin {
+	return keptplugins.Plugin{ID: pl.GetID(), Name: pl.Name(), Service: c.service, Task: c.taskID, Kept: time.Now().UTC()}
 }
 
 // withKept returns kept with k in the place of any entry of k's plugin.
@@ -1371,7 +1386,7 @@ func (g *restartGuard) keep(ctx context.Context, p *Controller, pl *v2.Plugin) b
 	if !g.shuttingDown {
 		return false
 	}
-	k := keptplugins.Plugin{ID: pl.GetID(), Name: pl.Name(), Service: p.service, Task: p.taskID, Kept: time.Now().UTC()}
+	k := p.kept(pl)
 	if i := slices.IndexFunc(g.pending, func(o keptplugins.Plugin) bool { return o.ID == k.ID }); i >= 0 && g.pending[i].Service == k.Service {
 		return true // recorded by ShuttingDown
 	}
@@ -1390,7 +1405,7 @@ func (g *restartGuard) keep(ctx context.Context, p *Controller, pl *v2.Plugin) b
 func (g *restartGuard) settled(ctx context.Context, p *Controller) error {
 	g.mu.Lock()
 	other := ""
-	if !g.sweptOnce {
+	if !g.decidedLocked() {
 		for _, k := range g.pending {
 			if k.Service != p.service && pluginKey(k.Name) == p.d.pluginKey {
 				other = k.Service
@@ -1494,8 +1509,7 @@ func (g *restartGuard) tasksApplied() {
 		log.G(ctx).WithError(err).Error("cannot update the record of plugins kept at the last shutdown")
 	}
 	g.pending = remain
-	if !g.sweptOnce {
-		g.sweptOnce = true
+	if !g.decidedLocked() {
 		close(g.swept)
 	}
 }

@@ -2284,6 +2284,15 @@ func (n *node) leave(ctrls ...*plugin.Controller) {
 	}
 }
 
+// assertPlugin checks whether the plugin is installed in b and whether it
+// is recorded as kept.
+func (n *node) assertPlugin(b *plugintest.Backend, installed, recorded bool, msg ...any) {
+	n.t.Helper()
+	_, _, found := state(n.t, b, name)
+	assert.Equal(n.t, found, installed, msg...)
+	assert.Equal(n.t, n.recorded(), recorded, msg...)
+}
+
 func (n *node) recorded() bool {
 	_, err := os.Stat(filepath.Join(n.dir, keptplugins.FileName))
 	return err == nil
@@ -2386,9 +2395,7 @@ func TestLeaveRemovesThePlugin(t *testing.T) {
 
 	plugin.ShuttingDown(t.TempDir()) // another node's
 	n.leave(c)
-	_, _, found := state(t, b, name)
-	assert.Assert(t, !found)
-	assert.Assert(t, !n.recorded())
+	n.assertPlugin(b, false, false)
 }
 
 // shutDown starts a node with a running task of service, shuts it down and
@@ -2403,9 +2410,7 @@ func shutDown(t *testing.T, b *plugintest.Backend, svc string) string {
 	assert.NilError(t, c.Start(ctx))
 	plugin.ShuttingDown(dir)
 	n.leave(c)
-	_, _, found := state(t, b, name)
-	assert.Assert(t, found)
-	assert.Assert(t, n.recorded())
+	n.assertPlugin(b, true, true)
 	return dir
 }
 
@@ -2430,14 +2435,10 @@ func TestRestartRemovesAPluginNoTaskClaims(t *testing.T) {
 			n := startNode(t, b, dir)
 
 			ctrls := n.incrementalSet(tc.tasks...)
-			_, _, found := state(t, b, name)
-			assert.Assert(t, found, "an incremental set does not decide")
-			assert.Assert(t, n.recorded())
+			n.assertPlugin(b, true, true, "an incremental set does not decide")
 
 			ctrls = append(ctrls, n.completeSet()...)
-			_, _, found = state(t, b, name)
-			assert.Assert(t, !found, "the first complete set removes the plugin")
-			assert.Assert(t, !n.recorded())
+			n.assertPlugin(b, false, false, "the first complete set removes the plugin")
 			for _, c := range ctrls {
 				assert.NilError(t, c.Close())
 			}
@@ -2488,15 +2489,11 @@ func TestRestartRemovesAPluginInUseOnceUnused(t *testing.T) {
 	n := startNode(t, b, dir)
 
 	n.completeSet()
-	_, _, found := state(t, b, name)
-	assert.Assert(t, found)
-	assert.Assert(t, n.recorded())
+	n.assertPlugin(b, true, true)
 
 	pl.Release()
 	n.completeSet()
-	_, _, found = state(t, b, name)
-	assert.Assert(t, !found)
-	assert.Assert(t, !n.recorded())
+	n.assertPlugin(b, false, false)
 }
 
 // Until the first complete set, a Prepare of another service's task for a
@@ -2587,15 +2584,11 @@ func TestRestartRetriesAFailedRemovalAtTheNextCompleteSet(t *testing.T) {
 	n := startNode(t, f, dir)
 
 	n.completeSet()
-	_, _, found := state(t, b, name)
-	assert.Assert(t, found)
-	assert.Assert(t, n.recorded(), "the failed removal stays recorded")
+	n.assertPlugin(b, true, true, "the failed removal stays recorded")
 
 	f.fail.Store(false)
 	n.completeSet()
-	_, _, found = state(t, b, name)
-	assert.Assert(t, !found)
-	assert.Assert(t, !n.recorded())
+	n.assertPlugin(b, false, false)
 }
 
 // A record that cannot be written means nothing is kept: Remove removes.

@@ -85,15 +85,9 @@ func serviceDeletedWhileDown(s *scenarioRun) {
 	})
 
 	s.step("create: plugin enabled on both nodes", func(ctx context.Context) error {
-		if err := s.createService(ctx, spec); err != nil {
-			return err
-		}
-		got, err := s.waitOnNodes(ctx, name, nodes)
+		got, err := s.createOnNodes(ctx, spec, name, nodes)
 		if err != nil {
 			return err
-		}
-		for _, n := range nodes {
-			s.notef("%s: plugin %.12s, task %.10s", n.role, got[n].plugin, got[n].task)
 		}
 		workerPlugin, workerTask = got[worker].plugin, got[worker].task
 		return nil
@@ -193,15 +187,9 @@ func serviceDeletedWhileDown(s *scenarioRun) {
 	})
 
 	s.step("another service of the name runs on both nodes", func(ctx context.Context) error {
-		if err := s.createService(ctx, spec); err != nil {
-			return err
-		}
-		got, err := s.waitOnNodes(ctx, name, nodes)
+		got, err := s.createOnNodes(ctx, spec, name, nodes)
 		if err != nil {
 			return err
-		}
-		for _, n := range nodes {
-			s.notef("%s: plugin %.12s, task %.10s", n.role, got[n].plugin, got[n].task)
 		}
 		if got[worker].plugin == workerPlugin {
 			return fmt.Errorf("the worker's plugin is %.12s, the one of the deleted service", workerPlugin)
@@ -250,6 +238,23 @@ func (s *scenarioRun) failedStep() *stepResult {
 
 // onNode is a plugin and the task of the scenario's service on one node.
 type onNode struct{ plugin, task string }
+
+// createOnNodes creates the scenario's service with spec and waits until
+// its plugin, called name, runs on every node (waitOnNodes), noting each
+// node's plugin and task.
+func (s *scenarioRun) createOnNodes(ctx context.Context, spec runtime.PluginSpec, name string, nodes []*swarmNode) (map[*swarmNode]onNode, error) {
+	if err := s.createService(ctx, spec); err != nil {
+		return nil, err
+	}
+	got, err := s.waitOnNodes(ctx, name, nodes)
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range nodes {
+		s.notef("%s: plugin %.12s, task %.10s", n.role, got[n].plugin, got[n].task)
+	}
+	return got, nil
+}
 
 // waitOnNodes waits until the plugin called name is enabled on every node
 // and the service's newest task on each node is RUNNING, and returns their
