@@ -50,3 +50,20 @@ type Backend interface {
 type Setter interface {
 	Set(name string, args []string) error
 }
+
+// Privileger is implemented by backends that can tell which privileges the
+// plugin at a remote requires without installing it, as moby's
+// *plugin.Manager does (its Privileges fetches only the manifest and the
+// config). It is optional. When the Backend given to a Controller also
+// implements Privileger, Prepare compares the remote's privileges with the
+// service's grant before it pulls, and before it disables an installed
+// plugin to upgrade it, so that a refused upgrade leaves the running
+// version in service. With or without it, Prepare checks the installed
+// config after every Pull and Upgrade (see ErrIncorrectPrivileges).
+//
+// An empty answer with a nil error is taken as "unknown" when the service
+// grants privileges, because the Manager of docker v28.3.0 and of moby v2
+// answers so when its fetch fails; the check after the pull then decides.
+type Privileger interface {
+	Privileges(ctx context.Context, ref reference.Named, metaHeader http.Header, authConfig *registry.AuthConfig) (types.PluginPrivileges, error)
+}

@@ -28,6 +28,7 @@ import (
 	swarmlog "github.com/moby/swarmkit/v2/log"
 	"github.com/seed-e85c93d5/plugin/internal/keptplugins"
 	"github.com/seed-e85c93d5/plugin/internal/pluginspec"
+	"github.com/seed-e85c93d5/plugin/internal/privileges"
 )
 
 // RuntimeKind is the Kind of the generic runtime spec that carries a
@@ -409,6 +410,9 @@ func (p *Controller) Prepare(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	if err := p.checkRemoteGrant(ctx, auth); err != nil {
+		return err
+	}
 	privs := convertPrivileges(p.d.spec.Privileges)
 	if err := p.backend.Pull(ctx, p.d.remote, p.d.spec.Name, nil, auth, privs, p.opts.progress,
 		plugin.WithSwarmService(p.service), plugin.WithEnv(p.d.spec.Env)); err != nil {
@@ -418,9 +422,13 @@ func (p *Controller) Prepare(ctx context.Context) (err error) {
 			// takes the existing-plugin path with its ownership check.
 			return exec.MakeTemporary(classify(fmt.Sprintf("error pulling plugin %s", p.d.spec.Name), err))
 		}
+		if isIncorrectPrivileges(err) {
+			return withDetail(ErrIncorrectPrivileges, fmt.Sprintf("the backend refused the service's grant for plugin %s from %s", p.d.spec.Name, p.d.familiar), err)
+		}
 		return classify(fmt.Sprintf("error pulling plugin %s from %s", p.d.spec.Name, p.d.familiar), err)
 	}
-	if _, err := p.bind(p.d.spec.Name); err != nil {
+	pl, err = p.bind(p.d.spec.Name)
+	if err != nil {
 		if notInstalled(err) {
 			// Removed between our Pull and bind, or a Backend that cannot
 			// find what it just installed: say so, and pull again.
@@ -428,8 +436,88 @@ func (p *Controller) Prepare(ctx context.Context) (err error) {
 		}
 		return err
 	}
+	if err := p.checkInstalledGrant(pl); err != nil {
+		// The Backend installed what the grant does not cover (docker
+		// v28's Manager does, CVE-2026-33997): never enable it.
+		p.unpull(ctx, pl, err)
+		return err
+	}
 	p.log(ctx, log.InfoLevel, "plugin pulled", "remote", p.d.familiar)
 	return nil
+}
+
+// checkRemoteGrant compares the privileges the remote's plugin requires,
+// as a Privileger Backend tells them, with the spec's grant. It returns
+// nil when the Backend is no Privileger, or when it answers none while the
+// spec grants some: that is also moby's answer to a failed fetch, so the
+// check of the installed config after the pull or upgrade decides.
+func (p *Controller) checkRemoteGrant(ctx context.Context, auth *registry.AuthConfig) error {
+	pr, ok := p.backend.(Privileger)
+	if !ok {
+		return nil
+	}
+	required, err := pr.Privileges(ctx, p.d.remote, nil, auth)
+	if err != nil {
+		return classify(fmt.Sprintf("error fetching the privileges of plugin %s from %s", p.d.spec.Name, p.d.familiar), err)
+	}
+	if len(required) == 0 && len(p.d.spec.Privileges) > 0 {
+		p.debug(ctx, "the backend tells no privileges for the remote (or could not fetch them); checking the installed config instead")
+		return nil
+	}
+	return p.grantError(fmt.Sprintf("plugin %s from %s", p.d.spec.Name, p.d.familiar), required)
+}
+
+// checkInstalledGrant compares the privileges pl's installed config
+// requires with the spec's grant.
+func (p *Controller) checkInstalledGrant(pl *v2.Plugin) error {
+	return p.grantError(fmt.Sprintf("plugin %s as installed from %s", p.d.spec.Name, pl.PluginObj.PluginReference),
+		privileges.Required(pl.PluginObj.Config))
+}
+
+// grantError returns ErrIncorrectPrivileges, naming what differs, unless
+// required is exactly the spec's grant.
+func (p *Controller) grantError(what string, required types.PluginPrivileges) error {
+	missing, extra := privileges.Diff(required, convertPrivileges(p.d.spec.Privileges))
+	if len(missing) == 0 && len(extra) == 0 {
+		return nil
+	}
+	var b strings.Builder
+	b.WriteString(what)
+	b.WriteString(" requires other privileges than the service grants")
+	if len(missing) > 0 {
+		b.WriteString("; required, not granted: ")
+		b.WriteString(privileges.Format(missing))
+	}
+	if len(extra) > 0 {
+		b.WriteString("; granted, not required: ")
+		b.WriteString(privileges.Format(extra))
+	}
+	return withDetail(ErrIncorrectPrivileges, b.String(), nil)
+}
+
+// isIncorrectPrivileges reports whether err is the Manager's refusal of a
+// grant (unclassified, in moby's words) or already ErrIncorrectPrivileges.
+func isIncorrectPrivileges(err error) bool {
+	return errors.Is(err, ErrIncorrectPrivileges) || strings.Contains(err.Error(), "incorrect privileges")
+}
+
+// unpull removes pl, which this Prepare just pulled and bound, because its
+// config requires what the grant does not cover (why). It runs under the
+// plugin's lock, so no other task of the service has bound to pl. If the
+// removal fails, the plugin stays installed and disabled, and the task's
+// Remove tries again.
+func (p *Controller) unpull(ctx context.Context, pl *v2.Plugin, why error) {
+	holders.mu.Lock()
+	holders.releaseLocked(pl, p.taskID)
+	holders.mu.Unlock()
+	p.mu.Lock()
+	p.pluginID, p.bound = "", nil
+	p.mu.Unlock()
+	if err := p.backend.Remove(pl.GetID(), &backend.PluginRmConfig{ForceRemove: true}); err != nil && !cerrdefs.IsNotFound(err) {
+		p.log(ctx, log.ErrorLevel, "plugin refused for its privileges, and it could not be removed again; it stays disabled", "reason", why.Error(), "error", err.Error())
+		return
+	}
+	p.log(ctx, log.ErrorLevel, "plugin refused for its privileges and removed again", "reason", why.Error())
 }
 
 // prepareExisting handles Prepare for this service's installed plugin, to
@@ -443,7 +531,21 @@ func (p *Controller) prepareExisting(ctx context.Context, pl *v2.Plugin) error {
 	_, pinned := p.d.remote.(reference.Canonical)
 	upgrade := !pinned || pl.PluginObj.PluginReference != p.d.remote.String()
 	var env []string
-	if !upgrade {
+	var auth *registry.AuthConfig
+	if upgrade {
+		var err error
+		if auth, err = p.authFor(ctx); err != nil {
+			return err
+		}
+		// Refuse an upgrade the grant does not cover before anything is
+		// disabled, so the running version stays in service.
+		if err := p.checkRemoteGrant(ctx, auth); err != nil {
+			return err
+		}
+	} else {
+		if err := p.checkInstalledGrant(pl); err != nil {
+			return err
+		}
 		if env = p.envToSet(ctx, pl); len(env) == 0 {
 			p.debug(ctx, "plugin already at the pinned digest with the spec's env; nothing to do")
 			return nil
@@ -453,8 +555,15 @@ func (p *Controller) prepareExisting(ctx context.Context, pl *v2.Plugin) error {
 	if err := p.forceDisable(ctx, pl, others); err != nil {
 		return err
 	}
-	err := p.changeDisabled(ctx, pl, upgrade, env)
-	if err != nil && wasEnabled {
+	err := p.changeDisabled(ctx, pl, upgrade, auth, env)
+	switch {
+	case err != nil && errors.Is(err, ErrIncorrectPrivileges):
+		// Only the upgraded config showed it (the registry served other
+		// content than it told before): security wins, the plugin stays
+		// disabled until a spec that grants what it needs, or an older
+		// remote, comes.
+		p.log(ctx, log.ErrorLevel, "plugin left disabled: the upgraded version requires other privileges than the service grants", "reason", err.Error())
+	case err != nil && wasEnabled:
 		p.reenable(ctx, pl.GetID())
 	}
 	return err
@@ -463,16 +572,18 @@ func (p *Controller) prepareExisting(ctx context.Context, pl *v2.Plugin) error {
 // changeDisabled sets env on the disabled plugin pl, or, if upgrade is set,
 // upgrades it and then sets the env entries of the spec that the new
 // config lets it take.
-func (p *Controller) changeDisabled(ctx context.Context, pl *v2.Plugin, upgrade bool, env []string) error {
+func (p *Controller) changeDisabled(ctx context.Context, pl *v2.Plugin, upgrade bool, auth *registry.AuthConfig, env []string) error {
 	if upgrade {
-		auth, err := p.authFor(ctx)
-		if err != nil {
-			return err
-		}
 		if err := p.backend.Upgrade(ctx, p.d.remote, p.d.spec.Name, nil, auth, convertPrivileges(p.d.spec.Privileges), p.opts.progress); err != nil {
+			if isIncorrectPrivileges(err) {
+				return withDetail(ErrIncorrectPrivileges, fmt.Sprintf("the backend refused the service's grant for plugin %s from %s", p.d.spec.Name, p.d.familiar), err)
+			}
 			return classify(fmt.Sprintf("error upgrading plugin %s to %s", p.d.spec.Name, p.d.familiar), err)
 		}
 		p.log(ctx, log.InfoLevel, "plugin upgraded", "remote", p.d.familiar)
+		if err := p.checkInstalledGrant(pl); err != nil {
+			return err
+		}
 		// The config is now the new remote's: decide from it.
 		env = p.envToSet(ctx, pl)
 	}

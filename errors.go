@@ -57,6 +57,21 @@ var (
 	// change, enable.) Classified conflict.
 	ErrPluginInUse error = &classError{msg: "plugin is in use", class: cerrdefs.ErrConflict}
 
+	// ErrIncorrectPrivileges: the privileges the plugin's config requires
+	// are not exactly the ones the task's spec grants (the service's
+	// Privileges), compared entry by entry, order-insensitive, values
+	// included. The error names each privilege required but not granted
+	// and each granted but not required, in the Manager's words
+	// ("capabilities: [CAP_SYS_ADMIN]"). Prepare returns it, permanent, so
+	// the task is rejected: before a pull (nothing is installed), before
+	// an upgrade (the running version stays in service), or, when only
+	// the installed config shows it, after the pull (the plugin is removed
+	// again) or the upgrade (the plugin is left disabled). Every
+	// docker/docker v28 Manager accepts some of these grants
+	// (CVE-2026-33997); the Controller refuses them itself. Classified
+	// permission denied.
+	ErrIncorrectPrivileges error = &classError{msg: "incorrect privileges", class: cerrdefs.ErrPermissionDenied}
+
 	// ErrTaskRemoved: a lifecycle method was called after Remove released
 	// the task's reference. Classified failed precondition.
 	ErrTaskRemoved error = &classError{msg: "plugin task already removed", class: cerrdefs.ErrFailedPrecondition}

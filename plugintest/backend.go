@@ -24,8 +24,8 @@ import (
 )
 
 // Backend is an in-memory fake of moby's *plugin.Manager. It implements the
-// seven methods of the controller's Backend interface and Set; see the
-// package documentation for what it mirrors and where it differs.
+// seven methods of the controller's Backend interface, Set and Privileges;
+// see the package documentation for what it mirrors and where it differs.
 //
 // Create it with NewBackend. All methods are safe for concurrent use.
 type Backend struct {
@@ -42,6 +42,8 @@ type Backend struct {
 	subs       int           // active subscriptions
 	subChanged chan struct{} // closed and replaced when subs changes
 
+	rule PrivilegeRule // guarded by mu
+
 	recMu    sync.Mutex
 	calls    []Call
 	failures map[string][]error
@@ -56,6 +58,7 @@ func NewBackend() *Backend {
 		publisher:  pubsub.NewPublisher(0, 0), // as moby's NewManager
 		subChanged: make(chan struct{}),
 		failures:   make(map[string][]error),
+		rule:       defaultPrivilegeRule,
 	}
 }
 
@@ -166,7 +169,7 @@ func (b *Backend) Pull(ctx context.Context, ref reference.Named, name string, me
 	if err != nil {
 		return err
 	}
-	if err := validatePrivileges(r.Privileges, privileges); err != nil {
+	if err := b.checkPrivileges(r.required(), privileges); err != nil {
 		return err
 	}
 
@@ -259,7 +262,7 @@ func (b *Backend) Upgrade(ctx context.Context, ref reference.Named, name string,
 	if err != nil {
 		return err
 	}
-	if err := validatePrivileges(r.Privileges, privileges); err != nil {
+	if err := b.checkPrivileges(r.required(), privileges); err != nil {
 		return err
 	}
 
@@ -272,6 +275,33 @@ func (b *Backend) Upgrade(ctx context.Context, ref reference.Named, name string,
 	p.PluginObj.PluginReference = ref.String()
 	mu.Unlock()
 	return nil
+}
+
+// Privileges returns the privileges the plugin that ref resolves to
+// requires, as moby's Manager.Privileges does: computed from the remote's
+// config (see Remote.Privileges), in moby's order and words. Like the
+// Manager of docker v28.3.0 and moby v2, it answers empty privileges and a
+// nil error when the fetch fails (a MissingRemote, a done ctx), so an empty
+// answer does not mean that none are needed. A FailNext("Privileges", err)
+// is returned as is. It changes nothing. It implements the controller's
+// optional plugin.Privileger; safe for concurrent use.
+func (b *Backend) Privileges(ctx context.Context, ref reference.Named, metaHeaders http.Header, authConfig *registry.AuthConfig) (privs types.PluginPrivileges, err error) {
+	defer func() {
+		b.record(Call{
+			Method: "Privileges", Ref: ref.String(), Privileges: copyPrivileges(privs),
+			Auth: authConfig, MetaHeaders: metaHeaders, Err: err,
+		})
+	}()
+	if err := b.injected("Privileges"); err != nil {
+		return nil, err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	r, err := b.fetch(ctx, ref)
+	if err != nil {
+		return types.PluginPrivileges{}, nil // moby's answer to a failed fetch
+	}
+	return r.required(), nil
 }
 
 // setEnabled flips the plugin's state under its own lock (see race.go).

@@ -13,11 +13,12 @@
 //
 // A Backend implements the controller's Backend interface (Pull, Upgrade,
 // Get, Enable, Disable, Remove, SubscribeEvents) and its optional Setter
-// (Set). Test helpers register remotes (AddRemote, MissingRemote), inject
+// (Set) and Privileger (Privileges). Test helpers register remotes (AddRemote, MissingRemote), inject
 // failures (FailNext), record calls (Calls), wait for subscriptions
 // (WaitSubscribers, Subscribers) and take race-free snapshots (Snapshot:
 // the plugin's API object, its owning service and its reference count;
-// Plugin without the owner); NewTask builds a plugin task the way the
+// Plugin without the owner) and choose the daemon's privilege comparison
+// (SetPrivilegeRule); NewTask builds a plugin task the way the
 // daemon encodes it. Every method is safe for concurrent use.
 //
 // Drive takes a task through swarmkit's exec.Do the way the agent does,
@@ -66,13 +67,22 @@
 //     privileges, builds the plugin as moby's createPlugin does (random
 //     64-hex ID, InitEmptySettings, then every CreateOpt, then
 //     PluginReference = ref.String()) and publishes EventCreate.
-//   - Privileges are compared like the Manager's validatePrivileges, quirks
-//     included: equal length, both sorted by name, then compared by name
-//     and value. docker v28's loop skips index 0 (so a wrong single
-//     privilege passes), compares values in the order given (except those
-//     of elements the sort swapped) and tells nil from empty; moby v2's
-//     compares every index, values sorted, nil equal to empty. A mismatch
-//     fails with "incorrect privileges", unclassified, as in moby.
+//   - Privileges: what a remote requires is computed from its config, as
+//     moby's computePrivileges does (the same code the controller uses),
+//     and Privileges tells it without installing anything, as the
+//     Manager's does, empty answer on a failed fetch included. Pull and
+//     Upgrade compare the grant with it like the Manager's
+//     validatePrivileges, quirks included: equal length, both sorted by
+//     name, then compared by name and value. docker v28's loop skips
+//     index 0, so a wrong single privilege passes (CVE-2026-33997),
+//     compares values in the order given (except those of elements the
+//     sort swapped) and tells nil from empty; moby v2's compares every
+//     index, values sorted, nil equal to empty. A mismatch fails with
+//     "incorrect privileges", unclassified, as in moby. Each flavour
+//     plays its own daemon's rule by default; SetPrivilegeRule picks the
+//     other, so that a test can show that code stays safe on a docker v28
+//     daemon (PrivilegesDockerV28) or model a fixed one
+//     (PrivilegesMobyV2).
 //   - Upgrade refuses an enabled plugin ("plugin must be disabled before
 //     upgrading", Conflict), keeps the ID, the reference count and the
 //     settings, replaces the config and PluginReference, publishes nothing.

@@ -12,22 +12,26 @@ import (
 // Call records one call of a Backend method made by the code under test.
 // Only the fields that make sense for Method are set.
 type Call struct {
-	// Method is the method name: "Pull", "Upgrade", "Enable", "Disable",
-	// "Remove", "Get", "Set" or "SubscribeEvents".
+	// Method is the method name: "Pull", "Upgrade", "Privileges",
+	// "Enable", "Disable", "Remove", "Get", "Set" or "SubscribeEvents".
 	Method string
 	// Name is the name, ID or ID prefix argument, as passed.
 	Name string
-	// Ref is ref.String() of the reference given to Pull or Upgrade.
+	// Ref is ref.String() of the reference given to Pull, Upgrade or
+	// Privileges.
 	Ref string
 	// Config is the *backend.PluginEnableConfig, *backend.PluginDisableConfig
 	// or *backend.PluginRmConfig given to Enable, Disable or Remove, as
 	// passed (the pointer, not a copy).
 	Config any
-	// Privileges is a copy of the privileges granted to Pull or Upgrade.
+	// Privileges is a copy of the privileges granted to Pull or Upgrade,
+	// or of those Privileges returned.
 	Privileges types.PluginPrivileges
-	// Auth is the authConfig given to Pull or Upgrade, as passed.
+	// Auth is the authConfig given to Pull, Upgrade or Privileges, as
+	// passed.
 	Auth *registry.AuthConfig
-	// MetaHeaders is the metaHeaders given to Pull or Upgrade, as passed.
+	// MetaHeaders is the metaHeaders given to Pull, Upgrade or
+	// Privileges, as passed.
 	MetaHeaders http.Header
 	// Opts is the number of CreateOpts given to Pull.
 	Opts int
@@ -41,14 +45,15 @@ type Call struct {
 
 // failable lists the methods FailNext accepts.
 var failable = map[string]bool{
-	"Pull": true, "Upgrade": true, "Enable": true, "Disable": true,
+	"Pull": true, "Upgrade": true, "Privileges": true, "Enable": true, "Disable": true,
 	"Remove": true, "Get": true, "Set": true,
 }
 
 // FailNext makes the next call of method return err without any side
 // effect (no state change, no event). Called several times for the same
 // method, it queues the errors: each call consumes one. method is one of
-// "Pull", "Upgrade", "Enable", "Disable", "Remove", "Get" or "Set"; any
+// "Pull", "Upgrade", "Privileges", "Enable", "Disable", "Remove", "Get" or
+// "Set"; any
 // other name, or a nil err, panics. The failed call is recorded in Calls
 // with Err set. Safe for concurrent use.
 func (b *Backend) FailNext(method string, err error) {
@@ -93,7 +98,8 @@ func (b *Backend) ResetCalls() {
 }
 
 // Calls returns a copy of the record of every call of a Backend method
-// (Pull, Upgrade, Enable, Disable, Remove, Get, Set, SubscribeEvents), in
+// (Pull, Upgrade, Privileges, Enable, Disable, Remove, Get, Set,
+// SubscribeEvents), in
 // the order they returned. The helpers (Plugin, Subscribers, ...) are not
 // recorded. Safe for concurrent use.
 func (b *Backend) Calls() []Call {

@@ -9,6 +9,7 @@ import (
 	"github.com/distribution/reference"
 	"github.com/docker/docker/api/types"
 	"github.com/opencontainers/go-digest"
+	"github.com/seed-e85c93d5/plugin/internal/privileges"
 )
 
 // Remote describes a plugin as a registry would serve it: what Pull and
@@ -171,6 +172,14 @@ func (r Remote) config() types.PluginConfig {
 		}
 	}
 	return c
+}
+
+// required is what moby's computePrivileges derives from the remote's
+// config: Privileges, in moby's order and words, less any privilege no
+// config field expresses (a name other than moby's seven kinds, a network
+// of type "bridge", "null" or "").
+func (r Remote) required() types.PluginPrivileges {
+	return privileges.Required(r.config())
 }
 
 // errIncorrectPrivileges has the words of moby's validatePrivileges. Like

@@ -11,6 +11,8 @@ import (
 	"github.com/distribution/reference"
 	plugintypes "github.com/moby/moby/api/types/plugin"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/seed-e85c93d5/plugin/mobyv2/internal/privileges"
 )
 
 // Remote describes a plugin as a registry would serve it: what Pull and
@@ -173,6 +175,14 @@ func (r Remote) config() plugintypes.Config {
 		}
 	}
 	return c
+}
+
+// required is what moby's computePrivileges derives from the remote's
+// config: Privileges, in moby's order and words, less any privilege no
+// config field expresses (a name other than moby's seven kinds, a network
+// of type "bridge", "null" or "").
+func (r Remote) required() plugintypes.Privileges {
+	return privileges.Required(r.config())
 }
 
 // errIncorrectPrivileges has the words of moby's validatePrivileges. Like
