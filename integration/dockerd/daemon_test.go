@@ -36,16 +36,17 @@ var dockerdFlags = []string{
 	"--log-level", "info",
 }
 
-// Daemon is one dockerd of a flavor with a containerd of its own, all
-// state in a private directory under /tmp (short: unix socket paths are
-// limited to 108 bytes). Start and Stop may be repeated; the data root is
-// kept between them, as a daemon restart keeps /var/lib/docker. Close ends
-// everything and removes the directory.
+// Daemon is one dockerd of a build (a release in a flavor) with a
+// containerd of its own, all state in a private directory under /tmp
+// (short: unix socket paths are limited to 108 bytes). Start and Stop may
+// be repeated; the data root is kept between them, as a daemon restart
+// keeps /var/lib/docker. Close ends everything and removes the directory.
 type Daemon struct {
-	Flavor flavor
+	Flavor flavor         // stock or fork, of the release Moby
+	Moby   *mobyRelease   // the release
 	Client *client.Client // valid from newDaemon to Close, across restarts
 
-	bin        string
+	bin        *dockerdBuild
 	dir        string
 	containerd *process
 	dockerd    *process        // nil while stopped
@@ -81,10 +82,10 @@ const (
 	execRoot         = "exec"
 )
 
-// newDaemon creates the daemon's directory and starts its containerd;
-// dockerd itself starts with Start. The caller must call Close, even on
-// error.
-func newDaemon(ctx context.Context, f flavor, bin string) (*Daemon, error) {
+// newDaemon creates the directory of a daemon of the build bin (built:
+// see requireBuild) and starts its containerd; dockerd itself starts with
+// Start. The caller must call Close, even on error.
+func newDaemon(ctx context.Context, bin *dockerdBuild) (*Daemon, error) {
 	links, err := netLinks()
 	if err != nil {
 		return nil, err
@@ -93,7 +94,7 @@ func newDaemon(ctx context.Context, f flavor, bin string) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{Flavor: f, bin: bin, dir: dir, links: links, hostDirs: map[string]bool{}, gwBridge: defaultGWBridge}
+	d := &Daemon{Flavor: bin.flavor, Moby: bin.moby, bin: bin, dir: dir, links: links, hostDirs: map[string]bool{}, gwBridge: defaultGWBridge}
 	for _, dir := range hostDirs {
 		_, err := os.Stat(dir)
 		d.hostDirs[dir] = err == nil
@@ -102,17 +103,21 @@ func newDaemon(ctx context.Context, f flavor, bin string) (*Daemon, error) {
 	if err != nil {
 		return d, err
 	}
+	// The opt plugin's directory is /opt/containerd unless set: it would
+	// be created on the host.
 	config := fmt.Sprintf(`version = 2
 root = %q
 state = %q
 disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [grpc]
   address = %q
-`, d.path("c-root"), d.path("c-state"), d.path(containerdSocket))
+[plugins."io.containerd.internal.v1.opt"]
+  path = %q
+`, d.path("c-root"), d.path("c-state"), d.path(containerdSocket), d.path("c-opt"))
 	if err := os.WriteFile(d.path(containerdConfig), []byte(config), 0o644); err != nil {
 		return d, err
 	}
-	d.containerd, err = startProcess("containerd", d.path(containerdLog), hostEnv(),
+	d.containerd, err = startProcess("containerd", d.path(containerdLog), d.env(),
 		"containerd", "--config", d.path(containerdConfig))
 	if err != nil {
 		return d, err
@@ -136,7 +141,7 @@ func (d *Daemon) Start(ctx context.Context) error {
 	if err := os.WriteFile(d.path("daemon.json"), []byte("{}\n"), 0o644); err != nil {
 		return err
 	}
-	args := append([]string{d.bin,
+	args := append([]string{d.bin.path,
 		"--config-file", d.path("daemon.json"),
 		"--data-root", d.path(dataRoot),
 		"--exec-root", d.path(execRoot),
@@ -144,7 +149,7 @@ func (d *Daemon) Start(ctx context.Context) error {
 		"--containerd", d.path(containerdSocket),
 		"-H", "unix://" + d.path(dockerdSocket),
 	}, dockerdFlags...)
-	p, err := startProcess("dockerd "+string(d.Flavor), d.path(dockerdLog), hostEnv(), args...)
+	p, err := startProcess("dockerd "+d.Name(), d.path(dockerdLog), d.env(), args...)
 	if err != nil {
 		return err
 	}
@@ -428,15 +433,28 @@ func netLinks() (map[string]bool, error) {
 	return links, nil
 }
 
-// hostEnv is the environment of containerd and dockerd: the test's,
-// without proxy settings, which must not apply to the loopback registry.
-func hostEnv() []string {
+// Name is the name of the daemon's build, as in "v28-stock".
+func (d *Daemon) Name() string { return d.bin.name() }
+
+// env is the environment of the daemon's containerd and dockerd: the
+// test's, without proxy settings, which must not apply to the loopback
+// registry, and with the build's runc directory, if any, first on the PATH
+// (containerd's shim runs the runc it finds there).
+func (d *Daemon) env() []string {
 	var env []string
+	path := "PATH=" + d.bin.runcDir
 	for _, kv := range os.Environ() {
-		k, _, _ := strings.Cut(kv, "=")
-		if !strings.HasSuffix(strings.ToLower(k), "_proxy") {
+		k, v, _ := strings.Cut(kv, "=")
+		switch {
+		case strings.HasSuffix(strings.ToLower(k), "_proxy"):
+		case k == "PATH" && d.bin.runcDir != "":
+			path += string(os.PathListSeparator) + v
+		default:
 			env = append(env, kv)
 		}
+	}
+	if d.bin.runcDir != "" {
+		env = append(env, path)
 	}
 	return env
 }

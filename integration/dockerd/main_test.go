@@ -1,19 +1,22 @@
 //go:build linux
 
 // Package dockerd_test proves the controller embedded in a forked Docker
-// daemon, end to end: it builds moby v28.3.0's dockerd twice from one copy
-// of its source, as released (stock) and with this repository's controller
-// swapped in (fork), starts each in turn with a containerd of its own as a
-// one-node swarm (scenario (h) adds a second daemon of the same flavor as
-// a worker), and drives plugin services through the Docker API with a
-// real managed plugin (volplugin, run by runc) pulled from a registry on
-// loopback. It records each scenario's steps on both daemons and prints
-// them side by side; the fork must pass every scenario.
+// daemon, end to end, on two moby releases: docker/docker v28.3.0 and moby
+// v2 v2.0.0-beta.24. It builds each release's dockerd as released (stock)
+// and with this repository's controller swapped in (fork: the root module
+// for v28, mobyv2/ for v2), starts each of the four in turn with a
+// containerd of its own as a one-node swarm (scenario (h) adds a second
+// daemon of the same build as a worker), and drives plugin services
+// through the Docker API with a real managed plugin (volplugin, run by
+// runc) pulled from a registry on loopback. It records each scenario's
+// steps on every daemon and prints them side by side; the forks must pass
+// every scenario.
 //
 // It needs root with CAP_SYS_ADMIN and containerd, containerd-shim-runc-v2
-// and runc on the PATH (Debian: apt-get install containerd runc), and
-// skips, naming what is missing, without them or with -short. See
-// README.md.
+// and runc on the PATH (Debian: apt-get install containerd runc), and, for
+// moby v2, a runc of 1.2 or later (runc_test.go finds or builds one). It
+// skips, naming what is missing, without them or with -short; under CI=true
+// it fails instead. See README.md.
 package dockerd_test
 
 import (
@@ -33,8 +36,9 @@ import (
 )
 
 // shared is what every test of the binary shares, set up on first use by
-// setup and torn down after the tests by TestMain: the binaries (built
-// once per run) and the registry the plugins are published to.
+// setup and torn down after the tests by TestMain: the plugin binary, the
+// directory the dockerd builds go to (each built on first use, see
+// requireBuild) and the registry the plugins are published to.
 var shared struct {
 	once  sync.Once
 	err   error
@@ -80,15 +84,22 @@ func TestMain(m *testing.M) {
 func requireHost(t *testing.T) {
 	t.Helper()
 	if testing.Short() {
-		t.Skip("-short: the forked-daemon test builds two dockerd binaries and runs them")
+		t.Skip("-short: the forked-daemon test builds four dockerd binaries and runs them")
 	}
 	if missing := hostMissing(); missing != "" {
-		if os.Getenv("CI") == "true" {
-			// .ci/run installs and runs everything: a skip is not a pass.
-			t.Fatalf("CI must run this test, but it needs %s (.ci/dockerd-deps installs containerd and runc)", missing)
-		}
-		t.Skipf("needs %s (Debian: apt-get install containerd runc; run as root)", missing)
+		missingPrerequisite(t, missing, "Debian: apt-get install containerd runc; run as root")
 	}
+}
+
+// missingPrerequisite skips t because it needs what, or, under CI
+// (CI=true), fails it: .ci/run installs and runs everything, so there a
+// skip is not a pass. hint says how to get it.
+func missingPrerequisite(t *testing.T, what, hint string) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("CI must run this test, but it needs %s (.ci/dockerd-deps installs containerd and runc, and builds runc 1.2 into $%s)", what, runcDirEnv)
+	}
+	t.Skipf("needs %s (%s)", what, hint)
 }
 
 // hostMissing lists what this machine lacks to run dockerd, or is empty.
@@ -110,7 +121,7 @@ var hostMissing = sync.OnceValue(func() string {
 	return strings.Join(missing, "; ")
 })
 
-// setup builds the binaries and starts the registry, once per test binary
+// setup builds the plugin and starts the registry, once per test binary
 // run.
 func setup(t *testing.T) {
 	t.Helper()
@@ -126,8 +137,8 @@ func setup(t *testing.T) {
 			shared.err = err
 			return
 		}
-		t.Logf("building dockerd stock and fork (module sources %s) and the plugin", digest)
-		if shared.bins, shared.err = build(ctx, shared.root); shared.err != nil {
+		t.Logf("module sources of the forks and the plugin: digest %s; building the plugin", digest)
+		if shared.bins, shared.err = buildShared(ctx, shared.root); shared.err != nil {
 			return
 		}
 		t.Logf("built: %v", shared.bins)
@@ -139,18 +150,46 @@ func setup(t *testing.T) {
 	}
 }
 
-// startDaemon starts a daemon of flavor f as a one-node swarm and
-// publishes the plugins through it if no daemon has yet. The daemon is
-// closed when t ends.
-func startDaemon(t *testing.T, f flavor) (*Daemon, *published) {
+// requireBuild makes sure that b's daemons can run: for a release whose
+// plugins need runc 1.2, that one is found (findRunc12; a missing one skips
+// t, or fails it under CI); then that b is built (the first call builds
+// it). setup must have run.
+func requireBuild(t *testing.T, b *dockerdBuild) {
+	t.Helper()
+	if b.moby.runc12 {
+		r, err := findRunc12()
+		if err != nil {
+			missingPrerequisite(t, "runc 1.2 or later for "+b.moby.title+"'s plugins: "+err.Error(),
+				"$"+runcDirEnv+" names a directory with one; .ci/dockerd-deps builds it")
+		}
+		b.runcDir = r.dir
+		t.Logf("%s's daemons use %s", b.moby.title, r.desc)
+	}
+	built := b.path != ""
+	if err := b.ensure(context.Background(), shared.root, shared.bins.dir); err != nil {
+		t.Fatal(err)
+	}
+	if !built {
+		msg := fmt.Sprintf("built dockerd %s from %s in %.1f s", b.name(), b.moby.title, b.took.Seconds())
+		if b.flavor == fork {
+			msg += fmt.Sprintf(" (swapped in %s: %s)", b.moby.ours, strings.Join(b.importers, ", "))
+		}
+		t.Log(msg)
+	}
+}
+
+// startDaemon starts a daemon of build b as a one-node swarm and publishes
+// the plugins through it if no daemon has yet. The daemon is closed when t
+// ends.
+func startDaemon(t *testing.T, b *dockerdBuild) (*Daemon, *published) {
 	t.Helper()
 	ctx := context.Background()
 	start := time.Now()
-	d, err := newDaemon(ctx, f, shared.bins.dockerd[f])
+	d, err := newDaemon(ctx, b)
 	if d != nil {
 		t.Cleanup(func() {
 			if err := d.Close(); err != nil {
-				t.Errorf("closing dockerd %s: %v", f, err)
+				t.Errorf("closing dockerd %s: %v", b.name(), err)
 			}
 		})
 	}
@@ -163,7 +202,7 @@ func startDaemon(t *testing.T, f flavor) (*Daemon, *published) {
 	if err := d.InitSwarm(ctx); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("dockerd %s (pid %d) is a swarm manager after %.1f s", f, d.dockerd.pid(), time.Since(start).Seconds())
+	t.Logf("dockerd %s (pid %d) is a swarm manager after %.1f s", b.name(), d.dockerd.pid(), time.Since(start).Seconds())
 
 	shared.mu.Lock()
 	defer shared.mu.Unlock()
@@ -174,7 +213,7 @@ func startDaemon(t *testing.T, f flavor) (*Daemon, *published) {
 			t.Fatal(err)
 		}
 		shared.published = p
-		t.Logf("published %s and %s through dockerd %s in %.1f s", p.v1, p.v2, f, time.Since(start).Seconds())
+		t.Logf("published %s and %s through dockerd %s in %.1f s", p.v1, p.v2, b.name(), time.Since(start).Seconds())
 	}
 	return d, shared.published
 }

@@ -66,9 +66,12 @@ type scenario struct {
 	run       func(*scenarioRun)
 	// issue is the issue the scenario comes from.
 	issue int
-	// stock is what the issue says stock dockerd does in this scenario;
-	// nil means it says nothing and the result is only recorded.
+	// stock is what the issue says stock dockerd v28.3.0 does in this
+	// scenario; nil means it says nothing and the result is only recorded.
 	stock *outcome
+	// stockV2 is what stock moby v2's dockerd does in this scenario, as
+	// measured; nil: only recorded.
+	stockV2 *outcome
 }
 
 // outcome is the result of a scenario: it passes (failsAt empty) or its
@@ -468,13 +471,19 @@ func pluginLogExcerpt(log string, max int) string {
 	return b.String()
 }
 
-// table renders the results of both daemons side by side in markdown:
-// one row per scenario with its outcome and total time, one per step with
-// its result and time, then the failures and notes.
-func table(results map[flavor][]*scenarioResult) string {
-	flavors := []flavor{stock, fork}
-	byID := func(f flavor, id string) *scenarioResult {
-		for _, r := range results[f] {
+// table renders the results of every build side by side in markdown, in
+// the order of dockerds: one row per scenario with its outcome and total
+// time, one per step with its result and time, then the failures and
+// notes.
+func table(results map[*dockerdBuild][]*scenarioResult) string {
+	var builds []*dockerdBuild
+	for _, b := range dockerds {
+		if _, ok := results[b]; ok {
+			builds = append(builds, b)
+		}
+	}
+	byID := func(b *dockerdBuild, id string) *scenarioResult {
+		for _, r := range results[b] {
 			if r.scenario.id == id {
 				return r
 			}
@@ -484,8 +493,8 @@ func table(results map[flavor][]*scenarioResult) string {
 	var ids []string
 	titles := map[string]string{}
 	var steps = map[string][]string{}
-	for _, f := range flavors {
-		for _, r := range results[f] {
+	for _, b := range builds {
+		for _, r := range results[b] {
 			if !slices.Contains(ids, r.scenario.id) {
 				ids = append(ids, r.scenario.id)
 				titles[r.scenario.id] = r.scenario.title
@@ -500,17 +509,28 @@ func table(results map[flavor][]*scenarioResult) string {
 	sort.Strings(ids)
 
 	var b strings.Builder
-	b.WriteString("| scenario | step | stock | fork |\n|---|---|---|---|\n")
+	b.WriteString("| scenario | step |")
+	for _, bd := range builds {
+		fmt.Fprintf(&b, " %s %s |", bd.moby.name, bd.flavor)
+	}
+	b.WriteString("\n|---|---|" + strings.Repeat("---|", len(builds)) + "\n")
 	for _, id := range ids {
 		fmt.Fprintf(&b, "| **(%s)** %s | |", id, titles[id])
-		for _, f := range flavors {
-			switch r := byID(f, id); {
+		for _, bd := range builds {
+			r := byID(bd, id)
+			var declared *outcome
+			if r != nil {
+				declared = bd.moby.declared(r.scenario)
+			}
+			switch {
 			case r == nil:
 				b.WriteString(" not run |")
 			case r.outcome().failsAt == "":
 				fmt.Fprintf(&b, " **pass** %.1f s |", r.took().Seconds())
-			case f == stock && r.scenario.stock != nil && r.outcome() == *r.scenario.stock:
+			case bd.flavor == stock && declared != nil && r.outcome() == *declared && r.scenario.stock != nil && *r.scenario.stock == *declared:
 				fmt.Fprintf(&b, " **FAIL** %.1f s, as issue %d says |", r.took().Seconds(), r.scenario.issue)
+			case bd.flavor == stock && declared != nil && r.outcome() == *declared:
+				fmt.Fprintf(&b, " **FAIL** %.1f s, as declared |", r.took().Seconds())
 			default:
 				fmt.Fprintf(&b, " **FAIL** %.1f s |", r.took().Seconds())
 			}
@@ -518,9 +538,9 @@ func table(results map[flavor][]*scenarioResult) string {
 		b.WriteString("\n")
 		for _, name := range steps[id] {
 			fmt.Fprintf(&b, "| | %s |", name)
-			for _, f := range flavors {
+			for _, bd := range builds {
 				var st *stepResult
-				if r := byID(f, id); r != nil {
+				if r := byID(bd, id); r != nil {
 					for _, s := range r.steps {
 						if s.name == name {
 							st = s
@@ -541,21 +561,21 @@ func table(results map[flavor][]*scenarioResult) string {
 	}
 	var details []string
 	for _, id := range ids {
-		for _, f := range flavors {
-			r := byID(f, id)
+		for _, bd := range builds {
+			r := byID(bd, id)
 			if r == nil {
 				continue
 			}
 			for _, st := range r.steps {
 				for _, n := range st.notes {
-					details = append(details, fmt.Sprintf("- %s (%s) %s: %s", f, id, st.name, n))
+					details = append(details, fmt.Sprintf("- %s (%s) %s: %s", bd.name(), id, st.name, n))
 				}
 			}
 			if msg := r.failure(); msg != "" {
-				details = append(details, fmt.Sprintf("- %s (%s) **%s**", f, id, msg))
+				details = append(details, fmt.Sprintf("- %s (%s) **%s**", bd.name(), id, msg))
 			}
 			if r.cleanup != nil {
-				details = append(details, fmt.Sprintf("- %s (%s) cleanup: %v", f, id, r.cleanup))
+				details = append(details, fmt.Sprintf("- %s (%s) cleanup: %v", bd.name(), id, r.cleanup))
 			}
 		}
 	}

@@ -54,7 +54,7 @@ func serviceDeletedWhileDown(s *scenarioRun) {
 
 	s.step("worker joins the swarm", func(ctx context.Context) error {
 		start := time.Now()
-		w, err := newDaemon(ctx, s.d.Flavor, s.d.bin)
+		w, err := newDaemon(ctx, s.d.bin)
 		if w != nil {
 			worker.d = w
 			s.onCleanup(func(ctx context.Context) error { return s.closeWorker(ctx, worker) })
