@@ -59,7 +59,6 @@ type Controller struct {
 	taskID  string
 	service string
 	opts    options
-	lock    pluginLock    // the plugin's stripe of pluginLocks
 	guard   *restartGuard // set by a RestartSafe executor before swarmkit sees the Controller; nil otherwise
 
 	// opMu serialises the steps that change the plugin or the task's
@@ -167,7 +166,6 @@ func New(backend Backend, t *api.Task, opts ...Option) (*Controller, error) {
 		service:  t.ServiceID,
 		opts:     options{enableTimeout: DefaultEnableTimeout, progress: io.Discard},
 		closedCh: make(chan struct{}),
-		lock:     lockFor(d.pluginKey),
 	}
 	for _, o := range opts {
 		if o != nil {
@@ -772,12 +770,13 @@ func (p *Controller) begin(ctx context.Context) (unlock func(), err error) {
 		p.opMu.Unlock()
 		return nil, err
 	}
-	if err := p.lock.lock(ctx); err != nil {
+	unlockPlugin, err := pluginLocks.lock(ctx, p.d.pluginKey)
+	if err != nil {
 		p.opMu.Unlock()
 		return nil, err
 	}
 	return func() {
-		p.lock.unlock()
+		unlockPlugin()
 		p.opMu.Unlock()
 	}, nil
 }
@@ -967,10 +966,16 @@ func (p *Controller) Remove(ctx context.Context) (err error) {
 		return nil
 	}
 	p.debug(ctx, "Remove")
-	if err := p.lock.lock(ctx); err != nil {
+	// Remove waits for the plugin's lock whatever ctx says: swarmkit calls
+	// it once, best effort, with a context a leave cancels early, and
+	// nothing retries it, so giving up here would leave the plugin behind.
+	// The holder is another step of the plugin, which ends when its own
+	// context does.
+	unlock, err := pluginLocks.lock(context.WithoutCancel(ctx), p.d.pluginKey)
+	if err != nil {
 		return err
 	}
-	defer p.lock.unlock()
+	defer unlock()
 
 	pl, err := p.release(ctx, id, bound)
 	if err != nil || pl == nil {
@@ -1240,41 +1245,65 @@ func (h *holderTable) forgetLocked(pl *v2.Plugin, taskID string) bool {
 }
 
 // pluginLocks serialise the steps that change a plugin (Prepare, Start,
-// Remove, and Wait's binding) across all the Controllers of a process, so
-// that one task's disable-then-upgrade cannot interleave with another
-// task's enable. A plugin's lock is chosen by its name as the Manager
-// stores it, so "vol", "vol:latest" and "docker.io/library/vol" share one;
-// unrelated plugins may share a stripe, which costs only waiting. A
-// Controller holds at most one of them at a time, and a step whose context
-// ends stops waiting for it.
-var pluginLocks = func() (locks [64]pluginLock) {
-	for i := range locks {
-		locks[i] = make(pluginLock, 1)
+// Remove, Wait's binding, and the removal of a plugin kept across a
+// restart) across all the Controllers of a process, so that one task's
+// disable-then-upgrade cannot interleave with another task's enable. A
+// plugin's lock is chosen by its name as the Manager stores it, so "vol",
+// "vol:latest" and "docker.io/library/vol" share one, and unrelated
+// plugins never do. A lock exists while a step holds or waits for it. A
+// Controller holds at most one of them at a time.
+var pluginLocks = lockTable{locks: make(map[string]*keyedLock)}
+
+// lockTable is a set of mutexes keyed by plugin name whose lock can give
+// up when a context ends.
+type lockTable struct {
+	mu    sync.Mutex
+	locks map[string]*keyedLock
+}
+
+type keyedLock struct {
+	held  chan struct{} // holds one token while locked
+	users int           // holders and waiters; guarded by lockTable.mu
+}
+
+// lock takes key's lock and returns the function that releases it. A free
+// lock is always taken, even when ctx is done; a held one is waited for
+// until ctx ends (never, for a context without a Done channel, such as
+// context.WithoutCancel's), and then lock returns ctx.Err().
+func (t *lockTable) lock(ctx context.Context, key string) (unlock func(), err error) {
+	t.mu.Lock()
+	l := t.locks[key]
+	if l == nil {
+		l = &keyedLock{held: make(chan struct{}, 1)}
+		t.locks[key] = l
 	}
-	return locks
-}()
-
-// pluginLock is a mutex whose lock gives up when a context ends.
-type pluginLock chan struct{}
-
-func (l pluginLock) lock(ctx context.Context) error {
+	l.users++
+	t.mu.Unlock()
+	unlock = func() {
+		<-l.held
+		t.leave(key, l)
+	}
 	select {
-	case l <- struct{}{}:
-		return nil
+	case l.held <- struct{}{}:
+		return unlock, nil
+	default:
+	}
+	select {
+	case l.held <- struct{}{}:
+		return unlock, nil
 	case <-ctx.Done():
-		return ctx.Err()
+		t.leave(key, l)
+		return nil, ctx.Err()
 	}
 }
 
-func (l pluginLock) unlock() { <-l }
-
-func lockFor(key string) pluginLock {
-	h := uint32(2166136261) // FNV-1a
-	for i := 0; i < len(key); i++ {
-		h ^= uint32(key[i])
-		h *= 16777619
+// leave drops a holder or waiter of l, and l itself once it has none.
+func (t *lockTable) leave(key string, l *keyedLock) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if l.users--; l.users == 0 {
+		delete(t.locks, key)
 	}
-	return pluginLocks[h%uint32(len(pluginLocks))]
 }
 
 // Restart safety.
@@ -1354,17 +1383,42 @@ func RestartSafe(e exec.Executor, backend Backend, dir string) (exec.Executor, e
 		file:    keptplugins.Open(dir),
 		live:    make(map[*Controller]api.TaskState),
 		swept:   make(chan struct{}),
+		changed: make(chan struct{}),
 	}
-	kept, err := g.file.Load()
-	if err != nil {
-		log.G(context.Background()).WithError(err).WithField("controller", "plugin").
-			Error("ignoring the record of plugins kept at the last shutdown")
-	}
-	g.pending = kept
+	g.pending = loadRecord(g.file)
 	guards.Lock()
+	old := guards.m[filepath.Clean(dir)]
 	guards.m[filepath.Clean(dir)] = g
 	guards.Unlock()
+	if old != nil {
+		old.stopSweep() // the node starts again: this guard takes over the record
+	}
 	return &restartSafeExecutor{Executor: e, guard: g}, nil
+}
+
+// loadRecord reads the record of kept plugins, after removing the
+// temporary files of a Save that a crash interrupted. A record it cannot
+// read is never overwritten or deleted: it is set aside (see
+// keptplugins.File.SetAside), logged at error with its new path, and the
+// plugins it listed stay installed for a person to look at.
+func loadRecord(f *keptplugins.File) []keptplugins.Plugin {
+	l := log.G(context.Background()).WithField("controller", "plugin")
+	if err := f.RemoveTemps(); err != nil {
+		l.WithError(err).Warn("cannot remove the temporary files of an interrupted write of the kept-plugin record")
+	}
+	kept, err := f.Load()
+	if err == nil {
+		return kept
+	}
+	aside, aerr := f.SetAside(time.Now())
+	if aerr != nil {
+		l.WithError(err).WithField("error.aside", aerr.Error()).
+			Error("the record of plugins kept at the last shutdown is unreadable and cannot be set aside; the plugins it lists stay installed")
+		return nil
+	}
+	l.WithError(err).WithField("record", aside).
+		Error("the record of plugins kept at the last shutdown is unreadable: set aside; the plugins it lists stay installed, remove them by hand if their services are gone")
+	return nil
 }
 
 // ShuttingDown tells the executor RestartSafe returned for dir that its node
@@ -1376,12 +1430,46 @@ func RestartSafe(e exec.Executor, backend Backend, dir string) (exec.Executor, e
 // a swarm): then it does nothing. It cannot be undone; the next start of the
 // node calls RestartSafe again.
 func ShuttingDown(dir string) {
-	guards.Lock()
-	g := guards.m[filepath.Clean(dir)]
-	guards.Unlock()
-	if g != nil {
+	if g := guardFor(dir); g != nil {
 		g.shutdown()
 	}
+}
+
+// LeftSwarm tells the node's plugin controllers that the daemon is no longer
+// in a swarm: it removes every plugin that dir's record lists as kept for
+// a restart, with Remove's checks (a plugin already gone is fine, one now
+// a person's or another service's is left alone, one still in use stays
+// recorded), and then deletes the record. A daemon calls it after
+// "docker swarm leave" has stopped the node (Cluster.Leave), and when it
+// starts with no swarm state (Cluster.Start), so that the plugins kept by
+// a node that never ran its agent again (locked, its certificates
+// expired, its swarm directory deleted) do not outlive its swarm.
+//
+// backend is the daemon's plugin Backend. It returns the errors of the
+// removals that failed, joined; those plugins stay recorded and the next
+// call tries again. It returns at once when nothing is recorded, and is
+// safe to call from any goroutine.
+func LeftSwarm(backend Backend, dir string) error {
+	switch {
+	case isNil(backend):
+		return withDetail(errRestartSafe, "LeftSwarm needs a backend, got nil", nil)
+	case dir == "":
+		return withDetail(errRestartSafe, "LeftSwarm needs the record's directory, got \"\"", nil)
+	}
+	g := guardFor(dir)
+	if g == nil {
+		// No node ran in this process: a guard of its own for the record.
+		f := keptplugins.Open(dir)
+		g = &restartGuard{backend: backend, file: f, swept: make(chan struct{}), changed: make(chan struct{})}
+		g.pending = loadRecord(f)
+	}
+	return g.leftSwarm(backend)
+}
+
+func guardFor(dir string) *restartGuard {
+	guards.Lock()
+	defer guards.Unlock()
+	return guards.m[filepath.Clean(dir)]
 }
 
 // guards maps each RestartSafe directory to its node's guard.
@@ -1392,16 +1480,25 @@ var guards = struct {
 
 // restartGuard is the restart safety of one node: its record of kept
 // plugins and the plugin Controllers its executor handed out.
+//
+// Its sweep, the removal of kept plugins no task claimed, runs on a
+// goroutine of its own (never on swarmkit's worker, which waits for the
+// executor's calls under its lock), one at a time; ShuttingDown, LeftSwarm
+// and a later RestartSafe of the same directory stop it.
 type restartGuard struct {
 	backend Backend
 	file    *keptplugins.File
 
 	mu           sync.Mutex
 	shuttingDown bool
-	pending      []keptplugins.Plugin          // kept and not yet decided
+	pending      []keptplugins.Plugin          // recorded: kept and not yet claimed, or being removed
 	live         map[*Controller]api.TaskState // the desired state of each one's task when swarmkit asked for it
 	complete     bool                          // a complete set of assignments is being applied
-	swept        chan struct{}                 // closed once the first complete set was applied
+	swept        chan struct{}                 // closed once the first complete set decided the record
+	changed      chan struct{}                 // closed and replaced when pending or removing changes
+	removing     map[string]bool               // IDs the sweep has not finished with
+	sweepCancel  context.CancelFunc            // stops the sweep in flight; nil when none
+	sweepDone    chan struct{}                 // closed when the sweep in flight ends
 }
 
 // watch makes c's Remove keep its plugin after ShuttingDown, and lets c's
@@ -1425,23 +1522,64 @@ func (g *restartGuard) forget(c *Controller) {
 // was deleted) does not: its Remove would remove the plugin soon, and the
 // plugin's name may already be another service's.
 func (c *Controller) claims(k keptplugins.Plugin, desired api.TaskState) bool {
-	if c.service != k.Service || desired >= api.TaskStateRemove {
+	if k.Service == "" || c.service != k.Service || desired >= api.TaskStateRemove {
 		return false
 	}
 	return c.boundID() == k.ID || c.d.pluginKey == pluginKey(k.Name)
 }
 
+// claimantLocked returns the Controller that takes over k: of those that
+// claim it, the one whose task's desired state is lowest (a task meant to
+// run before one being shut down, as after a node marked down, where the
+// old task is reassigned SHUTDOWN and a new one comes), then by task ID.
+// The caller holds g.mu.
+func (g *restartGuard) claimantLocked(k keptplugins.Plugin) *Controller {
+	var best *Controller
+	var bestState api.TaskState
+	for c, desired := range g.live {
+		if !c.claims(k, desired) {
+			continue
+		}
+		if best == nil || desired < bestState || (desired == bestState && c.taskID < best.taskID) {
+			best, bestState = c, desired
+		}
+	}
+	return best
+}
+
+// notifyLocked wakes the Prepares waiting in settled. The caller holds g.mu.
+func (g *restartGuard) notifyLocked() {
+	close(g.changed)
+	g.changed = make(chan struct{})
+}
+
+// saveLocked writes pending as the record. The caller holds g.mu.
+func (g *restartGuard) saveLocked(next []keptplugins.Plugin) error {
+	if err := g.file.Save(next); err != nil {
+		return err
+	}
+	g.pending = next
+	g.notifyLocked()
+	return nil
+}
+
 // shutdown makes the node's Controllers keep their plugins from now on, and
 // records at once the plugins they hold, so that a daemon that exits before
 // swarmkit's Remove calls have all run (the agent does not wait for them)
-// still knows at its next start what it kept.
+// still knows at its next start what it kept. It stops the sweep: what it
+// has not removed stays recorded.
 func (g *restartGuard) shutdown() {
 	g.mu.Lock()
-	defer g.mu.Unlock()
 	if g.shuttingDown {
+		g.mu.Unlock()
 		return
 	}
 	g.shuttingDown = true
+	g.mu.Unlock()
+	g.stopSweep()
+
+	g.mu.Lock()
+	defer g.mu.Unlock()
 	next := slices.Clone(g.pending)
 	for c := range g.live {
 		nameOrID := c.boundID()
@@ -1449,20 +1587,18 @@ func (g *restartGuard) shutdown() {
 			nameOrID = c.d.spec.Name
 		}
 		pl, err := g.backend.Get(nameOrID)
-		if err != nil || pl == nil || pl.GetID() == "" || !c.owns(pl) {
+		if err != nil || pl == nil || pl.GetID() == "" || !c.owns(pl) || c.service == "" {
 			continue // nothing of the task's service to keep
 		}
 		next = withKept(next, c.kept(pl))
 	}
-	if len(next) == len(g.pending) {
+	if slices.Equal(next, g.pending) {
 		return
 	}
-	if err := g.file.Save(next); err != nil {
+	if err := g.saveLocked(next); err != nil {
 		log.G(context.Background()).WithError(err).WithField("controller", "plugin").
 			Warn("cannot record the plugins to keep across the restart; each task's Remove tries again")
-		return
 	}
-	g.pending = next
 }
 
 // decidedLocked reports whether a complete set of assignments has decided
@@ -1487,6 +1623,11 @@ func withKept(kept []keptplugins.Plugin, k keptplugins.Plugin) []keptplugins.Plu
 	return append(kept, k)
 }
 
+// without returns kept less the entry of the plugin id.
+func without(kept []keptplugins.Plugin, id string) []keptplugins.Plugin {
+	return slices.DeleteFunc(slices.Clone(kept), func(o keptplugins.Plugin) bool { return o.ID == id })
+}
+
 // keep records pl, which p's Remove is about to remove, if the node is
 // shutting down, and reports whether it did: then Remove leaves pl
 // installed. A record that cannot be written means pl is removed as usual,
@@ -1494,50 +1635,52 @@ func withKept(kept []keptplugins.Plugin, k keptplugins.Plugin) []keptplugins.Plu
 func (g *restartGuard) keep(ctx context.Context, p *Controller, pl *v2.Plugin) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if !g.shuttingDown {
+	if !g.shuttingDown || p.service == "" {
 		return false
 	}
 	k := p.kept(pl)
 	if i := slices.IndexFunc(g.pending, func(o keptplugins.Plugin) bool { return o.ID == k.ID }); i >= 0 && g.pending[i].Service == k.Service {
 		return true // recorded by ShuttingDown
 	}
-	next := withKept(slices.Clone(g.pending), k)
-	if err := g.file.Save(next); err != nil {
+	if err := g.saveLocked(withKept(slices.Clone(g.pending), k)); err != nil {
 		p.log(ctx, log.WarnLevel, "cannot record the plugin to keep across the restart; removing it", "error", err.Error())
 		return false
 	}
-	g.pending = next
 	return true
 }
 
 // settled returns once a Prepare of p may look at the plugins: at once,
-// unless a plugin of p's name was kept for another service and the first
-// complete set of assignments, which decides it, has not been applied.
+// unless a plugin of p's name was kept for another service and is not
+// decided yet (the node's first complete set of assignments has not come)
+// or is being removed (the sweep has not finished with it).
 func (g *restartGuard) settled(ctx context.Context, p *Controller) error {
-	g.mu.Lock()
-	other := ""
-	if !g.decidedLocked() {
+	logged := false
+	for {
+		g.mu.Lock()
+		other := ""
 		for _, k := range g.pending {
-			if k.Service != p.service && pluginKey(k.Name) == p.d.pluginKey {
+			if k.Service != p.service && pluginKey(k.Name) == p.d.pluginKey && (!g.decidedLocked() || g.removing[k.ID]) {
 				other = k.Service
 				break
 			}
 		}
-	}
-	swept := g.swept
-	g.mu.Unlock()
-	if other == "" {
-		return nil
-	}
-	p.log(ctx, log.InfoLevel, "waiting for the node's first complete set of assignments: the plugin of this name was kept at the last shutdown for another service",
-		"kept.service", other)
-	select {
-	case <-swept:
-		return nil
-	case <-p.closedCh:
-		return exec.ErrControllerClosed
-	case <-ctx.Done():
-		return ctx.Err()
+		changed := g.changed
+		g.mu.Unlock()
+		if other == "" {
+			return nil
+		}
+		if !logged {
+			logged = true
+			p.log(ctx, log.InfoLevel, "waiting for the plugin of this name, kept at the last shutdown for another service, to be decided or removed",
+				"kept.service", other)
+		}
+		select {
+		case <-changed:
+		case <-p.closedCh:
+			return exec.ErrControllerClosed
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 }
 
@@ -1560,80 +1703,170 @@ func (g *restartGuard) completeSetBegins() {
 // tasksApplied is called when swarmkit turns to the node's volumes, after
 // it created the Controllers of the assignments' new tasks. After a
 // complete set, it decides every kept plugin: claimed by a task of the
-// node, or removed. It runs on swarmkit's worker, which waits for it.
+// node (its entry leaves the record), or to be removed. It runs on
+// swarmkit's worker, which waits for it under its lock, so it only decides
+// and writes the record; the removals run on the sweep's goroutine.
 func (g *restartGuard) tasksApplied() {
 	g.mu.Lock()
+	defer g.mu.Unlock()
 	if !g.complete {
-		g.mu.Unlock()
 		return
 	}
 	g.complete = false
 	if g.shuttingDown {
-		// The empty set of the shutdown's leave: everything stays.
-		g.mu.Unlock()
-		return
+		return // the empty set of the shutdown's leave: everything stays
 	}
-	decide := g.pending
-	claimed := make(map[string]*Controller)
-	for _, k := range decide {
-		for c, desired := range g.live {
-			if c.claims(k, desired) {
-				claimed[k.ID] = c
-				break
-			}
-		}
-	}
-	g.mu.Unlock()
-
-	ctx := log.WithLogger(context.Background(), log.G(context.Background()).WithField("controller", "plugin"))
-	var remain []keptplugins.Plugin
-	for _, k := range decide {
-		l := log.G(ctx).WithFields(log.Fields{"plugin": k.Name, "plugin.id": k.ID, "service": k.Service})
-		if c := claimed[k.ID]; c != nil {
-			l.WithField("task", c.taskID).Info("plugin kept across the restart is in service again")
+	l := log.G(context.Background()).WithField("controller", "plugin")
+	var remove []keptplugins.Plugin
+	next := slices.Clone(g.pending)
+	for _, k := range g.pending {
+		kl := l.WithFields(log.Fields{"plugin": k.Name, "plugin.id": k.ID, "service": k.Service})
+		if c := g.claimantLocked(k); c != nil {
+			kl.WithField("task", c.taskID).Info("plugin kept across the restart is in service again")
+			next = without(next, k.ID)
 			continue
 		}
-		if err := g.removeKept(ctx, k); err != nil {
-			level := log.ErrorLevel
-			if errors.Is(err, ErrPluginInUse) {
-				level = log.WarnLevel
-			}
-			l.WithError(err).Log(level, "cannot remove a plugin kept across the restart whose service has no task on the node; trying again at the next complete set of assignments")
-			remain = append(remain, k)
+		if k.Service == "" {
+			kl.Warn("a kept plugin recorded without a service is left alone; remove it by hand if it is not needed")
+			next = without(next, k.ID)
+			continue
+		}
+		if !g.removing[k.ID] {
+			remove = append(remove, k)
 		}
 	}
-
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	// Keep what was recorded meanwhile (a shutdown that began during the
-	// sweep), then what could not be removed.
-	decided := make(map[string]bool, len(decide))
-	for _, k := range decide {
-		decided[k.ID] = true
-	}
-	for _, k := range g.pending {
-		if !decided[k.ID] {
-			remain = append(remain, k)
+	if !slices.Equal(next, g.pending) {
+		if err := g.saveLocked(next); err != nil {
+			l.WithError(err).Error("cannot update the record of plugins kept at the last shutdown")
 		}
 	}
-	if err := g.file.Save(remain); err != nil {
-		log.G(ctx).WithError(err).Error("cannot update the record of plugins kept at the last shutdown")
+	if len(remove) > 0 {
+		g.startSweepLocked(remove)
 	}
-	g.pending = remain
 	if !g.decidedLocked() {
 		close(g.swept)
+		g.notifyLocked()
 	}
+}
+
+// startSweepLocked starts removing ks on the guard's goroutine, after any
+// sweep still in flight. The caller holds g.mu.
+func (g *restartGuard) startSweepLocked(ks []keptplugins.Plugin) {
+	if g.removing == nil {
+		g.removing = make(map[string]bool)
+	}
+	for _, k := range ks {
+		g.removing[k.ID] = true
+	}
+	prev, prevCancel := g.sweepDone, g.sweepCancel
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	g.sweepCancel = func() {
+		cancel()
+		if prevCancel != nil {
+			prevCancel()
+		}
+	}
+	g.sweepDone = done
+	go func() {
+		defer close(done)
+		defer cancel()
+		if prev != nil {
+			<-prev
+		}
+		g.sweep(ctx, ks)
+	}()
+}
+
+// sweep removes the kept plugins ks one after another, each under its
+// plugin's lock and with Remove's checks. An entry leaves the record only
+// when its plugin is removed (or gone, or no longer its service's); one
+// whose removal fails stays recorded and is tried again at the next
+// complete set. It stops early when ctx ends.
+func (g *restartGuard) sweep(ctx context.Context, ks []keptplugins.Plugin) {
+	lctx := log.WithLogger(ctx, log.G(ctx).WithField("controller", "plugin"))
+	for i, k := range ks {
+		if ctx.Err() != nil {
+			g.mu.Lock()
+			for _, rest := range ks[i:] {
+				delete(g.removing, rest.ID)
+			}
+			g.notifyLocked()
+			g.mu.Unlock()
+			return
+		}
+		err := g.removeKept(lctx, k)
+		g.mu.Lock()
+		delete(g.removing, k.ID)
+		if err == nil {
+			if serr := g.saveLocked(without(g.pending, k.ID)); serr != nil {
+				log.G(lctx).WithError(serr).Error("cannot update the record of plugins kept at the last shutdown")
+			}
+		} else {
+			level := log.ErrorLevel
+			if errors.Is(err, ErrPluginInUse) || ctx.Err() != nil {
+				level = log.WarnLevel
+			}
+			log.G(lctx).WithFields(log.Fields{"plugin": k.Name, "plugin.id": k.ID, "service": k.Service}).WithError(err).
+				Log(level, "cannot remove a plugin kept across the restart whose service has no task on the node; trying again at the next complete set of assignments")
+		}
+		g.notifyLocked()
+		g.mu.Unlock()
+	}
+}
+
+// stopSweep stops the sweep in flight, if any, and waits for it to end.
+func (g *restartGuard) stopSweep() {
+	g.mu.Lock()
+	cancel, done := g.sweepCancel, g.sweepDone
+	g.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		<-done
+	}
+}
+
+// leftSwarm is LeftSwarm for the guard's record: it stops the sweep, then
+// removes every recorded plugin, and rewrites the record with those it
+// could not remove.
+func (g *restartGuard) leftSwarm(backend Backend) error {
+	g.stopSweep()
+	g.mu.Lock()
+	pending := slices.Clone(g.pending)
+	g.mu.Unlock()
+	ctx := log.WithLogger(context.Background(), log.G(context.Background()).WithField("controller", "plugin"))
+	var errs []error
+	for _, k := range pending {
+		if k.Service == "" {
+			continue // never a swarm service's: left alone, and forgotten
+		}
+		gk := &restartGuard{backend: backend}
+		if err := gk.removeKept(ctx, k); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		g.mu.Lock()
+		_ = g.saveLocked(without(g.pending, k.ID)) // rewritten below too
+		g.mu.Unlock()
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	remain := slices.DeleteFunc(slices.Clone(g.pending), func(k keptplugins.Plugin) bool { return k.Service == "" })
+	if err := g.saveLocked(remain); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
 // removeKept removes the kept plugin k unless it is gone or is no longer
 // its service's, the checks of Remove; a plugin still in use is
 // ErrPluginInUse, and stays recorded.
 func (g *restartGuard) removeKept(ctx context.Context, k keptplugins.Plugin) error {
-	lock := lockFor(pluginKey(k.Name))
-	if err := lock.lock(ctx); err != nil {
+	unlock, err := pluginLocks.lock(ctx, pluginKey(k.Name))
+	if err != nil {
 		return err
 	}
-	defer lock.unlock()
+	defer unlock()
 	l := log.G(ctx).WithFields(log.Fields{"plugin": k.Name, "plugin.id": k.ID, "service": k.Service})
 	if remove, err := g.removable(l, k); !remove || err != nil {
 		return err
@@ -1662,7 +1895,7 @@ func (g *restartGuard) removable(l *log.Entry, k keptplugins.Plugin) (bool, erro
 		return false, classify("error looking up plugin "+k.Name, err)
 	case pl == nil || pl.GetID() == "":
 		return false, withDetail(errBackend, "Get returned neither a plugin nor an error", nil)
-	case pl.SwarmServiceID != k.Service:
+	case k.Service == "" || pl.SwarmServiceID != k.Service:
 		l.Info("plugin kept across the restart now belongs to someone else; leaving it alone")
 		return false, nil
 	case pl.GetRefCount() > 0:

@@ -127,3 +127,33 @@ func (f *File) Save(plugins []Plugin) error {
 	}
 	return nil
 }
+
+// SetAside moves a record that Load refused out of the way, to
+// "swarm-plugins-kept.unreadable-TIME.json" beside it, and returns the new
+// path: the record is never overwritten or deleted, so a person can still
+// read what it listed (a damaged file, or one of a later format after a
+// downgrade), and the next Save starts a new one.
+func (f *File) SetAside(now time.Time) (string, error) {
+	aside := filepath.Join(filepath.Dir(f.path), "swarm-plugins-kept.unreadable-"+now.UTC().Format("20060102T150405.000000000Z")+".json")
+	if err := os.Rename(f.path, aside); err != nil {
+		return "", fmt.Errorf("setting the kept-plugin record aside: %w", err)
+	}
+	return aside, nil
+}
+
+// RemoveTemps removes the temporary files a Save left behind when the
+// process died before its rename ("swarm-plugins-kept.json.*"). Call it
+// before the record's one user starts.
+func (f *File) RemoveTemps() error {
+	temps, err := filepath.Glob(f.path + ".*")
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, t := range temps {
+		if err := os.Remove(t); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
