@@ -30,6 +30,7 @@ var scenarios = []*scenario{
 	{id: "f", title: "dockerd restart keeps the plugin", run: restartKeepsPlugin, issue: 16, stock: &outcome{failsAt: stepKeptAtStart}, stockV2: &outcome{failsAt: stepKeptAtStart}},
 	{id: "g", title: "swarm leave removes the plugin", run: leaveRemovesPlugin, issue: 16, stock: &outcome{}, stockV2: &outcome{}},
 	{id: "h", title: "service deleted while a worker was down", run: serviceDeletedWhileDown, issue: 16, stock: &outcome{}, stockV2: &outcome{}},
+	{id: "i", title: "a grant lacking a required privilege is refused (CVE-2026-33997)", run: privilegeGrant, issue: 23, stock: &outcome{failsAt: stepUnderGrantRefused}, stockV2: &outcome{failsAt: stepUnderGrantRefused}},
 }
 
 // TestDockerd runs every scenario on each dockerd build in turn (dockerds:
