@@ -13,6 +13,7 @@ import (
 	"github.com/moby/moby/v2/daemon/pkg/plugin"
 	v2 "github.com/moby/moby/v2/daemon/pkg/plugin/v2"
 	"github.com/moby/moby/v2/daemon/server/backend"
+	"github.com/opencontainers/go-digest"
 )
 
 // Backend is the interface for interacting with the plugin manager.
@@ -68,4 +69,20 @@ type Setter interface {
 // answers so when its fetch fails; the check after the pull then decides.
 type Privileger interface {
 	Privileges(ctx context.Context, ref reference.Named, metaHeader http.Header, authConfig *registry.AuthConfig) (plugintypes.Privileges, error)
+}
+
+// ManifestResolver is implemented by backends that can tell which manifest
+// a remote names now without pulling it (one manifest request to the
+// registry). It is optional. Prepare asks it before it disables an
+// installed plugin of the service for a tag remote: a tag whose manifest
+// is the installed one (v2.Plugin's Manifest) is not upgraded, so a new
+// task of an unchanged spec takes nothing out of service, and a registry
+// that cannot be reached leaves the installed version in service.
+//
+// For moby's *plugin.Manager, which has no such method, the Controller asks
+// the registry itself (see WithRegistryHosts); for any other Backend that
+// does not implement it, Prepare upgrades a tag on every new task, as
+// upstream does.
+type ManifestResolver interface {
+	ResolveManifest(ctx context.Context, ref reference.Named, authConfig *registry.AuthConfig) (digest.Digest, error)
 }

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/remotes/docker"
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/distribution/reference"
@@ -27,10 +28,12 @@ import (
 	"github.com/moby/swarmkit/v2/agent/exec"
 	"github.com/moby/swarmkit/v2/api"
 	swarmlog "github.com/moby/swarmkit/v2/log"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/seed-e85c93d5/plugin/mobyv2/internal/keptplugins"
 	"github.com/seed-e85c93d5/plugin/mobyv2/internal/pluginspec"
 	"github.com/seed-e85c93d5/plugin/mobyv2/internal/privileges"
+	"github.com/seed-e85c93d5/plugin/mobyv2/internal/remotedigest"
 )
 
 // RuntimeKind is the Kind of the generic runtime spec that carries a
@@ -86,6 +89,7 @@ type options struct {
 	enableTimeout time.Duration
 	progress      io.Writer
 	logger        *log.Entry
+	hosts         docker.RegistryHosts
 }
 
 // WithRegistryAuth makes Prepare call fn for the reference it is about to
@@ -102,6 +106,17 @@ type options struct {
 // never puts it in an error.
 func WithRegistryAuth(fn func(ctx context.Context, ref reference.Named) (*registry.AuthConfig, error)) Option {
 	return func(o *options) { o.auth = fn }
+}
+
+// WithRegistryHosts gives the registry hosts (mirrors, TLS, insecure
+// registries: a daemon builds them from its registry configuration) that
+// Prepare uses to ask which manifest a tag names now when the Backend is
+// moby's *plugin.Manager (see ManifestResolver). Without it, Prepare asks
+// as the Manager does without daemon settings: HTTPS, and plain HTTP for
+// localhost and loopback addresses. Credentials still come from
+// WithRegistryAuth.
+func WithRegistryHosts(hosts docker.RegistryHosts) Option {
+	return func(o *options) { o.hosts = hosts }
 }
 
 // WithEnableTimeout sets how long the Backend may wait for the plugin to
@@ -529,7 +544,8 @@ func (p *Controller) prepareExisting(ctx context.Context, pl *v2.Plugin) error {
 		return p.inUse(others, "match the spec")
 	}
 	_, pinned := p.d.remote.(reference.Canonical)
-	upgrade := !pinned || pl.PluginObj.PluginReference != p.d.remote.String()
+	sameRemote := pl.PluginObj.PluginReference == p.d.remote.String()
+	upgrade := !pinned || !sameRemote
 	var env []string
 	var auth *registry.AuthConfig
 	if upgrade {
@@ -537,6 +553,12 @@ func (p *Controller) prepareExisting(ctx context.Context, pl *v2.Plugin) error {
 		if auth, err = p.authFor(ctx); err != nil {
 			return err
 		}
+		// Decide before disabling: is there anything new at the remote?
+		if upgrade, err = p.remoteChanged(ctx, auth, pl, sameRemote); err != nil {
+			return err
+		}
+	}
+	if upgrade {
 		// Refuse an upgrade the grant does not cover before anything is
 		// disabled, so the running version stays in service.
 		if err := p.checkRemoteGrant(ctx, auth); err != nil {
@@ -547,7 +569,7 @@ func (p *Controller) prepareExisting(ctx context.Context, pl *v2.Plugin) error {
 			return err
 		}
 		if env = p.envToSet(ctx, pl); len(env) == 0 {
-			p.debug(ctx, "plugin already at the pinned digest with the spec's env; nothing to do")
+			p.debug(ctx, "plugin already at the remote's manifest with the spec's env; nothing to do")
 			return nil
 		}
 	}
@@ -567,6 +589,39 @@ func (p *Controller) prepareExisting(ctx context.Context, pl *v2.Plugin) error {
 		p.reenable(ctx, pl.GetID())
 	}
 	return err
+}
+
+// remoteChanged reports whether the remote names another manifest than
+// pl's, so that Prepare must upgrade, asking a ManifestResolver Backend or,
+// for moby's Manager, the registry itself. For any other Backend it is
+// upstream's rule: always. A registry that cannot be reached leaves pl as
+// it is: in service on the installed version when pl is already at the
+// spec's remote (one warning), or with a temporary error, nothing
+// disabled, when the spec names another remote.
+func (p *Controller) remoteChanged(ctx context.Context, auth *registry.AuthConfig, pl *v2.Plugin, sameRemote bool) (bool, error) {
+	var d digest.Digest
+	var err error
+	switch b := p.backend.(type) {
+	case ManifestResolver:
+		d, err = b.ResolveManifest(ctx, p.d.remote, auth)
+	case *plugin.Manager:
+		d, err = remotedigest.Resolve(ctx, reference.TagNameOnly(p.d.remote), auth, p.opts.hosts)
+	default:
+		return true, nil
+	}
+	switch {
+	case err != nil && ctx.Err() != nil:
+		return false, ctx.Err()
+	case err != nil && sameRemote:
+		p.log(ctx, log.WarnLevel, "cannot check the remote for a new version; the installed version stays in service", "remote", p.d.familiar, "error", err.Error())
+		return false, nil
+	case err != nil:
+		return false, exec.MakeTemporary(classify(fmt.Sprintf("cannot check plugin %s's new remote %s; the installed version stays in service", p.d.spec.Name, p.d.familiar), err))
+	case sameRemote && d == pl.Manifest:
+		p.debug(ctx, "the remote names the installed manifest: no upgrade")
+		return false, nil
+	}
+	return true, nil
 }
 
 // changeDisabled sets env on the disabled plugin pl, or, if upgrade is set,
@@ -606,7 +661,7 @@ func (p *Controller) envToSet(ctx context.Context, pl *v2.Plugin) []string {
 	if _, ok := p.backend.(Setter); !ok {
 		return nil
 	}
-	settable, skipped := settableEnv(pl.PluginObj.Config.Env, p.d.spec.Env)
+	settable, skipped := settableEnv(pl.PluginObj.Config.Env, lastPerKey(p.d.spec.Env))
 	if len(skipped) > 0 {
 		p.mu.Lock()
 		warn := !p.envWarned
@@ -1116,6 +1171,24 @@ func envSettable(declared []plugintypes.Env, key string) bool {
 		}
 	}
 	return false
+}
+
+// lastPerKey returns env with one entry per key, the last one, in the
+// order of those last entries: what moby's WithEnv leaves at install, so
+// that an unchanged spec with a repeated key never looks changed.
+func lastPerKey(env []string) []string {
+	last := make(map[string]int, len(env))
+	for i, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		last[k] = i
+	}
+	out := make([]string, 0, len(last))
+	for i, kv := range env {
+		if k, _, _ := strings.Cut(kv, "="); last[k] == i {
+			out = append(out, kv)
+		}
+	}
+	return out
 }
 
 // missingEnv returns the entries of want ("KEY=VALUE") that have is lacking.

@@ -708,7 +708,7 @@ func TestStartKeepsPluginOthersUse(t *testing.T) {
 	p, _, _ := state(t, b, name)
 	assert.Assert(t, p.Enabled)
 	assert.Equal(t, p.PluginReference, "example.com/acme/vol:1.0", "not upgraded")
-	assert.Equal(t, countCalls(b, "Upgrade"), 1, "only the Prepare of task-2")
+	assert.Equal(t, countCalls(b, "Upgrade"), 0, "task-2's remote is unchanged: not upgraded either")
 
 	// An upgrade is what the operator asked for: as stock dockerd, it
 	// disables the plugin under the volume, upgrades it, and Start enables

@@ -146,7 +146,7 @@ func TestUpgradeRefusesAnUnderGrant(t *testing.T) {
 			// Refused before anything was disabled: v1 keeps running.
 			assert.Check(t, after.Enabled, "v1 must stay in service")
 			assert.Check(t, is.Equal(after.PluginReference, before.PluginReference))
-			assert.Check(t, is.DeepEqual(methods(fake), []string{"Get", "Privileges"}))
+			assert.Check(t, is.DeepEqual(methods(fake), []string{"Get", "ResolveManifest", "Privileges"}))
 			return
 		}
 		// Only the upgraded config showed it: security wins, the plugin

@@ -5,6 +5,7 @@ package plugintest
 // mobyv2/plugintest/privileges_test.go in its place.
 
 import (
+	"context"
 	"testing"
 
 	"github.com/docker/docker/api/types"
@@ -51,14 +52,14 @@ func TestPrivilegeRuleOfDockerV28(t *testing.T) {
 	t.Run("Privileges tells what the config requires", func(t *testing.T) {
 		b := NewBackend()
 		b.AddRemote("caps", Remote{Privileges: types.PluginPrivileges{twoCaps, netHost, {Name: "unknown", Value: []string{"x"}}}})
-		got, err := b.Privileges(t.Context(), parse(t, "caps"), nil, nil)
+		got, err := b.Privileges(context.Background(), parse(t, "caps"), nil, nil)
 		assert.NilError(t, err)
 		assert.Check(t, is.Len(got, 2), "moby's order, and only what a config can express: %v", got)
 		assert.Check(t, is.Equal(got[0].Name, "network"))
 		assert.Check(t, is.Equal(got[0].Description, "permissions to access a network"))
 		assert.Check(t, is.Equal(got[1].Name, "capabilities"))
 		b.MissingRemote("gone")
-		got, err = b.Privileges(t.Context(), parse(t, "gone"), nil, nil)
+		got, err = b.Privileges(context.Background(), parse(t, "gone"), nil, nil)
 		assert.Check(t, err == nil && got != nil && len(got) == 0, "a failed fetch answers empty and nil, as moby: %v %v", got, err)
 		assert.Check(t, is.Equal(b.Calls()[0].Method, "Privileges"))
 	})

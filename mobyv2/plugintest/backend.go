@@ -26,7 +26,8 @@ import (
 )
 
 // Backend is an in-memory fake of moby's *plugin.Manager. It implements the
-// seven methods of the controller's Backend interface, Set and Privileges;
+// seven methods of the controller's Backend interface, Set, Privileges and
+// ResolveManifest;
 // see the package documentation for what it mirrors and where it differs.
 //
 // Create it with NewBackend. All methods are safe for concurrent use.
@@ -304,6 +305,30 @@ func (b *Backend) Privileges(ctx context.Context, ref reference.Named, metaHeade
 		return plugintypes.Privileges{}, nil // moby's answer to a failed fetch
 	}
 	return r.required(), nil
+}
+
+// ResolveManifest returns the manifest digest ref names now: the Digest
+// of the remote registered for it (see Remote.Digest), as a registry
+// answers a manifest request, without installing anything. A MissingRemote
+// fails NotFound, a done ctx fails with its error, and a
+// FailNext("ResolveManifest", err) is returned as is (a registry that
+// cannot be reached, say). It changes nothing. It implements the
+// controller's optional plugin.ManifestResolver; moby's Manager has no such
+// method. Safe for concurrent use.
+func (b *Backend) ResolveManifest(ctx context.Context, ref reference.Named, authConfig *registry.AuthConfig) (d digest.Digest, err error) {
+	defer func() {
+		b.record(Call{Method: "ResolveManifest", Ref: ref.String(), Auth: authConfig, Err: err})
+	}()
+	if err := b.injected("ResolveManifest"); err != nil {
+		return "", err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	r, err := b.fetch(ctx, ref)
+	if err != nil {
+		return "", err
+	}
+	return r.Digest, nil
 }
 
 // setEnabled flips the plugin's state under its own lock (see race.go).

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/moby/swarmkit/v2/agent/exec"
 	"github.com/moby/swarmkit/v2/api"
@@ -121,6 +122,18 @@ func TestRestartSafeRemovesAKeptPluginNoTaskClaims(t *testing.T) {
 
 	x := e.restartSafeNode(dir)
 	e.completeSet(x)
+	// The removal runs on the guard's own goroutine, so that swarmkit's
+	// worker never waits for it; its last act is to drop the record.
+	waitUnrecorded(t, dir)
 	e.assertGone(pluginName, id)
-	assert.Assert(t, !recorded(t, dir))
+}
+
+// waitUnrecorded polls until dir's record of kept plugins is gone.
+func waitUnrecorded(t *testing.T, dir string) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); recorded(t, dir); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the kept plugin is still recorded 20 s after the complete set")
+		}
+	}
 }

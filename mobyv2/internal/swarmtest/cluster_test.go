@@ -23,6 +23,7 @@ import (
 	"github.com/moby/moby/api/types/swarm"
 	mobyplugin "github.com/moby/moby/v2/daemon/pkg/plugin"
 	"github.com/moby/swarmkit/v2/api"
+	"github.com/opencontainers/go-digest"
 	"go.uber.org/goleak"
 	"gotest.tools/v3/assert"
 	is "gotest.tools/v3/assert/cmp"
@@ -379,6 +380,10 @@ func TestUpdateWithCancelledPrepare(t *testing.T) {
 
 	for _, n := range c.Nodes() {
 		n.Backend.(*cutUpgradeBackend).holdWait.Store(true)
+	}
+	// The tag is pushed again with new content, so the new task upgrades.
+	for _, n := range c.Nodes() {
+		fake(n).AddRemote(remote, plugintest.Remote{Env: []string{"DEBUG=0"}, Digest: digest.FromString("pushed again")})
 	}
 	spec.Env = []string{"DEBUG=2"}
 	rt := plugintest.Runtime(spec)

@@ -1,0 +1,56 @@
+// Package remotedigest asks a registry which manifest a plugin remote
+// names now, without fetching anything else: one resolve (a HEAD or GET
+// of the manifest), as moby's plugin Manager does first in every pull and
+// upgrade. The controller (package plugin) calls it before it disables an
+// installed plugin, to tell a tag whose content changed from one that did
+// not, when the Backend is moby's Manager and cannot answer itself.
+package remotedigest
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+	"github.com/distribution/reference"
+	"github.com/docker/docker/api/types/registry"
+	"github.com/opencontainers/go-digest"
+)
+
+// Resolve returns the digest of the manifest ref names at its registry.
+// auth is the pull's credentials (nil or empty for anonymous access);
+// hosts are the registry hosts to try, nil for the defaults of moby's
+// Manager without daemon settings: HTTPS, and plain HTTP for localhost and
+// the loopback addresses, which moby counts as insecure registries. It
+// asks with the plugin repository scope moby's Manager asks with.
+func Resolve(ctx context.Context, ref reference.Named, auth *registry.AuthConfig, hosts docker.RegistryHosts) (digest.Digest, error) {
+	if hosts == nil {
+		hosts = docker.ConfigureDefaultRegistries(
+			docker.WithPlainHTTP(docker.MatchLocalhost),
+			docker.WithAuthorizer(docker.NewDockerAuthorizer(docker.WithAuthCreds(creds(auth)))),
+			docker.WithClient(&http.Client{Timeout: 30 * time.Second, Transport: http.DefaultTransport}),
+		)
+	}
+	ctx = docker.WithScope(ctx, "repository(plugin):"+reference.Path(reference.TrimNamed(ref))+":pull")
+	r := docker.NewResolver(docker.ResolverOptions{Hosts: hosts})
+	_, desc, err := r.Resolve(ctx, ref.String())
+	if err != nil {
+		return "", fmt.Errorf("error resolving plugin reference %s: %w", reference.FamiliarString(ref), err)
+	}
+	return desc.Digest, nil
+}
+
+// creds answers the registry's authorizer from auth, as moby's Manager
+// does: an identity token first, then user name and password.
+func creds(auth *registry.AuthConfig) func(string) (string, string, error) {
+	return func(string) (string, string, error) {
+		if auth == nil {
+			return "", "", nil
+		}
+		if auth.IdentityToken != "" {
+			return "", auth.IdentityToken, nil
+		}
+		return auth.Username, auth.Password, nil
+	}
+}
