@@ -91,10 +91,52 @@
 // accepts: "KEY=VALUE" whose key the plugin's config declares with a
 // settable value. The rest (entries without "=", undeclared keys, keys the
 // config does not let be set) are skipped and their keys logged once per
-// task at warn. Nothing is disabled when nothing settable differs, and any
-// failure after the disable enables the plugin again: an env update never
-// leaves a plugin out of service. At install, Pull applies the whole Env,
-// as the Manager's WithEnv does.
+// task at warn. A key given twice counts once, its last value, as the
+// Manager's WithEnv does at install (where Pull applies the whole Env).
+//
+// # When a plugin is out of service
+//
+// Prepare of a new task on a node that runs the service's plugin decides
+// before it disables anything. For a tag remote it asks which manifest the
+// tag names now (a ManifestResolver Backend, or, for moby's Manager, the
+// registry itself: one manifest request):
+//
+//   - Nothing changed (a forced update, a task replaced with the same
+//     spec, a worker that was marked down during its restart): nothing is
+//     disabled, upgraded or set. The task runs on the plugin as it is.
+//   - Only a settable env value changed: disable, Set, and Start enables
+//     again. On a forked dockerd v28.3.0 the Manager's disable, set and
+//     enable take under 0.6 s; swarmkit's round trip between Prepare and
+//     Start adds to it.
+//   - The tag names a new manifest, or the spec a new remote: disable,
+//     Upgrade (which downloads inside, because the Manager refuses to
+//     upgrade an enabled plugin and has no prefetch), then enable. The
+//     outage includes the download of what is new.
+//   - The registry cannot be reached: the installed plugin of the spec's
+//     remote stays in service and the task runs on it (one warning); a new
+//     remote gets a temporary error, with nothing disabled, until the
+//     registry answers.
+//   - Any failure after the disable enables the plugin again, except a
+//     refused grant (see ErrIncorrectPrivileges).
+//
+// A Backend that is neither moby's Manager nor a ManifestResolver (a
+// hand-written fake) keeps upstream's rule: a tag is upgraded, with its
+// disable, by every new task.
+//
+// # Privileges
+//
+// The spec's Privileges are the operator's grant, and the Controller
+// enforces it whatever the daemon's Manager checks: every docker/docker
+// v28 release (v28.3.0 to v28.5.2) compares a grant with the plugin's
+// needs from the second privilege on, so one wrong privilege, or a
+// single one, passes (CVE-2026-33997, fixed in docker v29.3.1, moby v2).
+// Before a pull, and before disabling a plugin to upgrade it, Prepare asks
+// a Privileger Backend (moby's Manager is one) what the remote requires;
+// after each pull and upgrade it computes what the installed config
+// requires, as the Manager does. Any difference fails the task with the
+// permanent ErrIncorrectPrivileges: nothing installed, the running version
+// left in service, or, when only the upgraded config shows it, the plugin
+// left disabled.
 //
 // # Restart safety
 //
