@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -372,12 +373,11 @@ func makeFork(ctx context.Context, src, root string, r *mobyRelease) ([]string, 
 }
 
 // checkController checks that the dockerd at path, built from r (root is
-// the repository), links the
-// controller it should. The fork embeds r.ours, replaced by the repository
-// (its build information says so), links its Controller and no symbol of
-// upstream's package, and, with r's patch, calls RestartSafe and
-// ShuttingDown; stock links upstream's Controller and nothing of this
-// repository.
+// the repository), links the controller it should. The fork embeds r.ours,
+// replaced by the repository (its build information says so), links its
+// Controller, every function of it that r's patch calls (RestartSafe,
+// ShuttingDown, LeftSwarm), and no symbol of upstream's package; stock
+// links upstream's Controller and nothing of this repository.
 func checkController(path, root string, r *mobyRelease, isFork bool) error {
 	info, err := buildinfo.ReadFile(path)
 	if err != nil {
@@ -407,9 +407,12 @@ func checkController(path, root string, r *mobyRelease, isFork bool) error {
 	want := map[string]bool{r.upstream + ".(*Controller).Prepare": !isFork, r.upstream + ".": !isFork, ourModule: isFork}
 	if isFork {
 		want[r.ours+".(*Controller).Prepare"] = true
-		if _, err := os.Stat(filepath.Join(root, "integration", "dockerd", r.patch)); err == nil {
-			want[r.ours+".RestartSafe"] = true
-			want[r.ours+".ShuttingDown"] = true
+		calls, err := patchCalls(filepath.Join(root, "integration", "dockerd", r.patch))
+		if err != nil {
+			return err
+		}
+		for _, fn := range calls {
+			want[r.ours+"."+fn] = true
 		}
 	}
 	for prefix, w := range want {
@@ -419,6 +422,33 @@ func checkController(path, root string, r *mobyRelease, isFork bool) error {
 	}
 	return nil
 }
+
+// patchCalls returns the functions of the controller's package ("plugin.")
+// that the lines the patch at path adds call, or none if there is no
+// patch.
+func patchCalls(path string) ([]string, error) {
+	patch, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var calls []string
+	for _, line := range strings.Split(string(patch), "\n") {
+		if !strings.HasPrefix(line, "+") || strings.HasPrefix(line, "+++") {
+			continue
+		}
+		for _, m := range patchCall.FindAllStringSubmatch(line, -1) {
+			if !slices.Contains(calls, m[1]) {
+				calls = append(calls, m[1])
+			}
+		}
+	}
+	return calls, nil
+}
+
+var patchCall = regexp.MustCompile(`\bplugin\.([A-Z]\w*)\(`)
 
 // sourceDigest reads every file of this repository that goes into a fork
 // or the plugin (the Go files of their packages from the module of ours of
