@@ -84,3 +84,14 @@ type Privileger interface {
 type ManifestResolver interface {
 	ResolveManifest(ctx context.Context, ref reference.Named, authConfig *registry.AuthConfig) (digest.Digest, error)
 }
+
+// PluginProber is implemented by backends that can ask an enabled plugin
+// whether it answers, as the fake in package plugintest does to model slow
+// and hung plugins. It is optional. Without it, the Controller probes a
+// plugin itself over the socket the Manager gives it (v2.Plugin's Addr),
+// with the handshake and a cheap call of each interface type (see
+// WithHealthCheck), and a plugin with no socket address (a Backend that
+// runs no process) is not probed at all, as upstream.
+type PluginProber interface {
+	ProbePlugin(ctx context.Context, id string) error
+}

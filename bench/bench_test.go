@@ -135,6 +135,22 @@ type controller interface {
 	Remove(context.Context) error
 }
 
+// upstreamCalls is the fake with upstream's method set and Set only: it
+// hides the optional Privileger, ManifestResolver and PluginProber, so that
+// both controllers make the same Backend calls and the benchmarks measure
+// the controllers' own overhead. (With moby's Manager, the privilege check
+// costs one config fetch per pull or upgrade, the manifest check one
+// manifest request per new task of a tag remote, and the probes one socket
+// round trip at each Start and health-check interval: a registry's and a
+// plugin's cost, not the controller's.)
+type upstreamCalls struct{ *plugintest.Backend }
+
+func (u upstreamCalls) Privileges() {}
+
+func (u upstreamCalls) ResolveManifest() {}
+
+func (u upstreamCalls) ProbePlugin() {}
+
 type impl struct {
 	name string
 	new  func(b *plugintest.Backend, t *api.Task) (controller, error)
@@ -158,7 +174,7 @@ var (
 	oursImpl = impl{
 		name: "ours",
 		new: func(b *plugintest.Backend, t *api.Task) (controller, error) {
-			c, err := plugin.NewController(b, t)
+			c, err := plugin.NewController(upstreamCalls{b}, t)
 			if err != nil {
 				return nil, err
 			}

@@ -30,6 +30,7 @@ import (
 	swarmlog "github.com/moby/swarmkit/v2/log"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/seed-e85c93d5/plugin/mobyv2/internal/health"
 	"github.com/seed-e85c93d5/plugin/mobyv2/internal/keptplugins"
 	"github.com/seed-e85c93d5/plugin/mobyv2/internal/pluginspec"
 	"github.com/seed-e85c93d5/plugin/mobyv2/internal/privileges"
@@ -79,6 +80,7 @@ type Controller struct {
 	closed    bool
 	closedCh  chan struct{} // closed by Close; ends a Wait in flight
 	envWarned bool          // the spec's unsettable env keys have been logged
+	warming   time.Time     // when Start first found the enabled plugin not answering; zero once it answered
 }
 
 // Option configures a Controller made by New.
@@ -90,6 +92,50 @@ type options struct {
 	progress      io.Writer
 	logger        *log.Entry
 	hosts         docker.RegistryHosts
+	health        HealthCheck
+}
+
+// HealthCheck is how Wait checks that a running plugin still answers: a
+// probe every Interval, each given Timeout, and Wait fails the task after
+// Threshold misses in a row. A zero Interval turns the check off. Start's
+// readiness probe (after each enable, until the enable timeout) uses
+// Timeout too.
+type HealthCheck struct {
+	Interval  time.Duration
+	Timeout   time.Duration
+	Threshold int
+}
+
+// DefaultHealthCheck is the check of a Controller without WithHealthCheck:
+// loose enough never to take a healthy plugin out of service.
+var DefaultHealthCheck = HealthCheck{Interval: 10 * time.Second, Timeout: 5 * time.Second, Threshold: 3}
+
+// WithHealthCheck sets the liveness check of Wait (and the probe timeout of
+// Start's readiness check); see HealthCheck. A Timeout or Threshold of 0
+// keeps the default's; a zero Interval turns the liveness check off, but
+// not Start's readiness check.
+//
+// What a probe asks: the plugin's handshake, Plugin.Activate, then for
+// each interface type moby knows one cheap call of its protocol
+// (VolumeDriver.Capabilities, NetworkDriver.GetCapabilities,
+// IpamDriver.GetCapabilities, LogDriver.Capabilities; any HTTP answer
+// counts), or CSI's Identity.Probe over gRPC for docker.csicontroller/1.0
+// and docker.csinode/1.0. It goes to the socket the Manager gives the
+// plugin, or through the Backend's PluginProber. A plugin without a socket
+// address is not probed.
+func WithHealthCheck(h HealthCheck) Option {
+	return func(o *options) {
+		if h.Timeout <= 0 {
+			h.Timeout = DefaultHealthCheck.Timeout
+		}
+		if h.Threshold <= 0 {
+			h.Threshold = DefaultHealthCheck.Threshold
+		}
+		if h.Interval < 0 {
+			h.Interval = 0
+		}
+		o.health = h
+	}
 }
 
 // WithRegistryAuth makes Prepare call fn for the reference it is about to
@@ -181,7 +227,7 @@ func New(backend Backend, t *api.Task, opts ...Option) (*Controller, error) {
 		d:        d,
 		taskID:   t.ID,
 		service:  t.ServiceID,
-		opts:     options{enableTimeout: DefaultEnableTimeout, progress: io.Discard},
+		opts:     options{enableTimeout: DefaultEnableTimeout, progress: io.Discard, health: DefaultHealthCheck},
 		closedCh: make(chan struct{}),
 	}
 	for _, o := range opts {
@@ -867,17 +913,119 @@ func (p *Controller) Start(ctx context.Context) (err error) {
 		}
 		return p.forceDisable(ctx, pl, 0)
 	}
-	if pl.IsEnabled() {
+	if pl.IsEnabled() && notAnswering.take(pl.GetID()) {
+		// A task's Wait found it hung: restart it if it still does not
+		// answer, and only then.
+		if err := p.probe(ctx, pl); err != nil && !errors.Is(err, errNotProbed) {
+			p.log(ctx, log.WarnLevel, "plugin does not answer; restarting it", "probe", p.probeName(pl), "error", err.Error())
+			if err := p.backend.Disable(pl.GetID(), &backend.PluginDisableConfig{ForceDisable: true}); err != nil && pl.IsEnabled() {
+				notAnswering.mark(pl.GetID())
+				return classify(fmt.Sprintf("cannot restart plugin %s, which does not answer", p.d.spec.Name), err)
+			}
+		}
+	}
+	if !pl.IsEnabled() {
+		if err := p.backend.Enable(pl.GetID(), &backend.PluginEnableConfig{Timeout: p.enableTimeoutSeconds()}); err != nil {
+			if !pl.IsEnabled() {
+				return classify(fmt.Sprintf("error enabling plugin %s", p.d.spec.Name), err)
+			}
+			// enabled meanwhile, by another task of the service
+		} else {
+			p.log(ctx, log.InfoLevel, "plugin enabled")
+		}
+	}
+	return p.ready(ctx, pl)
+}
+
+// ready returns nil once the enabled plugin pl answers its probe, a
+// temporary ErrPluginNotAnswering while it may still be starting, and a
+// permanent one once the enable timeout has passed since Start first found
+// it not answering.
+func (p *Controller) ready(ctx context.Context, pl *v2.Plugin) error {
+	err := p.probe(ctx, pl)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err == nil || errors.Is(err, errNotProbed) {
+		p.warming = time.Time{}
 		return nil
 	}
-	if err := p.backend.Enable(pl.GetID(), &backend.PluginEnableConfig{Timeout: p.enableTimeoutSeconds()}); err != nil {
-		if pl.IsEnabled() {
-			return nil // enabled meanwhile, by another task of the service
-		}
-		return classify(fmt.Sprintf("error enabling plugin %s", p.d.spec.Name), err)
+	if ctx.Err() != nil {
+		return ctx.Err()
 	}
-	p.log(ctx, log.InfoLevel, "plugin enabled")
-	return nil
+	now := time.Now()
+	if p.warming.IsZero() {
+		p.warming = now
+	}
+	if waited := now.Sub(p.warming); waited >= p.opts.enableTimeout {
+		return withDetail(ErrPluginNotAnswering, fmt.Sprintf("%s did not answer %s within the enable timeout (%s); last answer: %v", p.d.spec.Name, p.probeName(pl), p.opts.enableTimeout, err), nil)
+	}
+	return exec.MakeTemporary(withDetail(ErrPluginNotAnswering, fmt.Sprintf("waiting for %s to answer %s: %v", p.d.spec.Name, p.probeName(pl), err), nil))
+}
+
+// errNotProbed is probe's answer for a plugin it cannot ask: no socket
+// address and no PluginProber Backend.
+var errNotProbed = errors.New("plugin cannot be probed")
+
+// probe asks the enabled plugin pl whether it answers, within the health
+// check's timeout: through a PluginProber Backend, or over the socket the
+// Manager gave it.
+func (p *Controller) probe(ctx context.Context, pl *v2.Plugin) error {
+	ctx, cancel := context.WithTimeout(ctx, p.opts.health.Timeout)
+	defer cancel()
+	done := make(chan struct{})
+	defer close(done)
+	go func() { // Close ends a probe in flight too
+		select {
+		case <-p.closedCh:
+			cancel()
+		case <-done:
+		}
+	}()
+	if pr, ok := p.backend.(PluginProber); ok {
+		return pr.ProbePlugin(ctx, pl.GetID())
+	}
+	addr := pl.Addr()
+	if addr == nil {
+		return errNotProbed
+	}
+	err := health.Probe(ctx, addr, pl.GetTypes())
+	if errors.Is(err, health.ErrNoAddress) {
+		return errNotProbed
+	}
+	return err
+}
+
+// probeName says what probe asks pl, for messages.
+func (p *Controller) probeName(pl *v2.Plugin) string {
+	if _, ok := p.backend.(PluginProber); ok {
+		return "the Backend's probe"
+	}
+	return health.Name(pl.GetTypes())
+}
+
+// notAnswering records the plugins that a task's Wait found not answering,
+// by ID, so that the next task's Start restarts such a plugin (if it still
+// does not answer) and no other.
+var notAnswering = pluginMarks{ids: make(map[string]struct{})}
+
+type pluginMarks struct {
+	mu  sync.Mutex
+	ids map[string]struct{}
+}
+
+func (m *pluginMarks) mark(id string) {
+	m.mu.Lock()
+	m.ids[id] = struct{}{}
+	m.mu.Unlock()
+}
+
+// take reports whether id was marked, and clears the mark.
+func (m *pluginMarks) take(id string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, ok := m.ids[id]
+	delete(m.ids, id)
+	return ok
 }
 
 func (p *Controller) enableTimeoutSeconds() int {
@@ -943,12 +1091,36 @@ func (p *Controller) Wait(ctx context.Context) (err error) {
 		return ErrMismatchedState
 	}
 
+	var tick <-chan time.Time
+	if !p.d.spec.Disabled && p.opts.health.Interval > 0 {
+		t := time.NewTicker(p.opts.health.Interval)
+		defer t.Stop()
+		tick = t.C
+	}
+	misses := 0
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-p.closedCh:
 			return exec.ErrControllerClosed
+		case <-tick:
+			err := p.probe(ctx, pl)
+			switch {
+			case err == nil || errors.Is(err, errNotProbed):
+				misses = 0
+				continue
+			case ctx.Err() != nil:
+				return ctx.Err()
+			}
+			misses++
+			if misses < p.opts.health.Threshold {
+				p.log(ctx, log.WarnLevel, "plugin did not answer its health check", "probe", p.probeName(pl), "misses", strconv.Itoa(misses), "error", err.Error())
+				continue
+			}
+			notAnswering.mark(id)
+			p.log(ctx, log.ErrorLevel, "plugin does not answer: failing the task; the next task restarts the plugin", "probe", p.probeName(pl), "misses", strconv.Itoa(misses), "error", err.Error())
+			return withDetail(ErrPluginNotAnswering, fmt.Sprintf("%s missed %d health checks in a row (%s); last answer: %v", p.d.spec.Name, misses, p.probeName(pl), err), nil)
 		case e, ok := <-events:
 			if !ok {
 				return exec.MakeTemporary(errEventsClosed)
@@ -968,6 +1140,19 @@ func (p *Controller) Wait(ctx context.Context) (err error) {
 			p.log(ctx, log.DebugLevel, "ignoring an event that matches the spec", "event", fmt.Sprintf("%T", e))
 		}
 	}
+}
+
+// ContainerStatus implements swarmkit's exec.ContainerStatuser: the task's
+// runtime status carries the ID of the plugin the task is bound to as its
+// container ID (none before it is bound), so that "docker inspect TASK"
+// shows which plugin each node runs. swarmkit's exec.Do calls it after
+// each step; it makes no Backend call.
+func (p *Controller) ContainerStatus(context.Context) (*api.ContainerStatus, error) {
+	id := p.boundID()
+	if id == "" {
+		return nil, nil
+	}
+	return &api.ContainerStatus{ContainerID: id}, nil
 }
 
 // Shutdown is the shutdown phase from swarmkit. It has no effect: the plugin

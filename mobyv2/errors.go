@@ -74,6 +74,15 @@ var (
 	// permission denied.
 	ErrIncorrectPrivileges error = &classError{msg: "incorrect privileges", class: cerrdefs.ErrPermissionDenied}
 
+	// ErrPluginNotAnswering: the plugin is enabled but does not answer its
+	// protocol (see WithHealthCheck). Start returns it temporary while the
+	// plugin may still be starting, and permanent once the enable timeout
+	// has passed; Wait returns it, permanent, after the health check's
+	// threshold of misses in a row, and the next task's Start restarts the
+	// plugin. The message names the probe and its last answer. Classified
+	// unavailable.
+	ErrPluginNotAnswering error = &classError{msg: "plugin does not answer", class: cerrdefs.ErrUnavailable}
+
 	// ErrTaskRemoved: a lifecycle method was called after Remove released
 	// the task's reference. Classified failed precondition.
 	ErrTaskRemoved error = &classError{msg: "plugin task already removed", class: cerrdefs.ErrFailedPrecondition}

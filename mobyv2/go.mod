@@ -3,6 +3,7 @@ module github.com/seed-e85c93d5/plugin/mobyv2
 go 1.26.3
 
 require (
+	github.com/container-storage-interface/spec v1.10.0
 	github.com/containerd/containerd/v2 v2.3.5
 	github.com/containerd/errdefs v1.0.0
 	github.com/containerd/log v0.2.0
@@ -33,7 +34,6 @@ require (
 	github.com/bits-and-blooms/bitset v1.13.0 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/cloudflare/cfssl v1.6.5 // indirect
-	github.com/container-storage-interface/spec v1.10.0 // indirect
 	github.com/containerd/cgroups/v3 v3.1.3 // indirect
 	github.com/containerd/containerd/api v1.11.1 // indirect
 	github.com/containerd/continuity v0.5.0 // indirect

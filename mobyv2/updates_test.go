@@ -128,7 +128,7 @@ func TestEnvOnlyChangeDoesNotUpgrade(t *testing.T) {
 	s := spec(remote, false)
 	s.Env = []string{"VERSION=7"}
 	started(t, ctx, b, "task-2", s)
-	assert.Check(t, is.DeepEqual(methods(b), []string{"Get", "ResolveManifest", "Disable", "Set", "Get", "Enable"}))
+	assert.Check(t, is.DeepEqual(methods(b), []string{"Get", "ResolveManifest", "Disable", "Set", "Get", "Enable", "ProbePlugin"}))
 	p, _, _ := state(t, b, name)
 	assert.Check(t, is.Contains(p.Settings.Env, "VERSION=7"))
 }

@@ -45,6 +45,9 @@ type Backend struct {
 
 	rule PrivilegeRule // guarded by mu
 
+	healthMu sync.Mutex
+	health   map[string]*health // by plugin ID; see SetHealth
+
 	recMu    sync.Mutex
 	calls    []Call
 	failures map[string][]error
@@ -60,6 +63,7 @@ func NewBackend() *Backend {
 		subChanged: make(chan struct{}),
 		failures:   make(map[string][]error),
 		rule:       defaultPrivilegeRule,
+		health:     make(map[string]*health),
 	}
 }
 
@@ -365,6 +369,7 @@ func (b *Backend) Enable(name string, config *backend.PluginEnableConfig) (err e
 	}
 	p.SetTimeout(time.Duration(config.Timeout) * time.Second)
 	setEnabled(p, true)
+	b.enabled(p.GetID())
 	b.publish(plugin.EventEnable{Plugin: snapshot(p)})
 	return nil
 }

@@ -15,8 +15,8 @@ import (
 // Only the fields that make sense for Method are set.
 type Call struct {
 	// Method is the method name: "Pull", "Upgrade", "Privileges",
-	// "ResolveManifest", "Enable", "Disable", "Remove", "Get", "Set" or
-	// "SubscribeEvents".
+	// "ResolveManifest", "ProbePlugin", "Enable", "Disable", "Remove",
+	// "Get", "Set" or "SubscribeEvents".
 	Method string
 	// Name is the name, ID or ID prefix argument, as passed.
 	Name string
@@ -48,15 +48,15 @@ type Call struct {
 
 // failable lists the methods FailNext accepts.
 var failable = map[string]bool{
-	"Pull": true, "Upgrade": true, "Privileges": true, "ResolveManifest": true, "Enable": true, "Disable": true,
+	"Pull": true, "Upgrade": true, "Privileges": true, "ResolveManifest": true, "ProbePlugin": true, "Enable": true, "Disable": true,
 	"Remove": true, "Get": true, "Set": true,
 }
 
 // FailNext makes the next call of method return err without any side
 // effect (no state change, no event). Called several times for the same
 // method, it queues the errors: each call consumes one. method is one of
-// "Pull", "Upgrade", "Privileges", "ResolveManifest", "Enable", "Disable",
-// "Remove", "Get" or "Set"; any
+// "Pull", "Upgrade", "Privileges", "ResolveManifest", "ProbePlugin",
+// "Enable", "Disable", "Remove", "Get" or "Set"; any
 // other name, or a nil err, panics. The failed call is recorded in Calls
 // with Err set. Safe for concurrent use.
 func (b *Backend) FailNext(method string, err error) {
