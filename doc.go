@@ -121,6 +121,19 @@
 // hand-written fake) keeps upstream's rule: a tag is upgraded, with its
 // disable, by every new task.
 //
+// # Readiness and liveness
+//
+// Start returns nil only once the enabled plugin answers its protocol over
+// its socket: Plugin.Activate, then a cheap call of each interface type
+// moby knows (CSI's Identity.Probe for CSI plugins). While it warms up,
+// Start returns the temporary ErrPluginNotAnswering, and it fails the task
+// after the enable timeout. Wait probes at an interval (every 10 s, a 5 s
+// timeout, 3 misses in a row by default; WithHealthCheck) and fails the
+// task with ErrPluginNotAnswering; the next task's Start restarts that
+// plugin if it still does not answer, and only then. A plugin the
+// Controller cannot probe (no socket address, no PluginProber Backend) is
+// trusted as upstream trusts it.
+//
 // # Privileges
 //
 // The spec's Privileges are the operator's grant, and the Controller
