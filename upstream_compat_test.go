@@ -312,3 +312,27 @@ func TestUpstreamRemove(t *testing.T) {
 	assert.NilError(t, c2.Remove(ctx))
 	assert.Assert(t, is.Nil(b.plugin()), "expected plugin to be removed")
 }
+
+// Upstream's tests build Controllers without a task; a port through
+// NewController naturally gives each the same, empty, task ID. Each such
+// Controller still counts once, as upstream's do: one's Remove does not
+// remove the plugin the other holds.
+func TestTasklessControllersCountOnceEach(t *testing.T) {
+	ctx := context.Background()
+	b := plugintest.NewBackend()
+	c1 := newController(t, b, "", spec(remote, false))
+	c2 := newController(t, b, "", spec(remote, false))
+	for _, c := range []*plugin.Controller{c1, c2} {
+		assert.NilError(t, c.Prepare(ctx))
+		assert.NilError(t, c.Start(ctx))
+	}
+	_, refs, _ := state(t, b, name)
+	assert.Equal(t, refs, 2)
+	assert.NilError(t, c1.Remove(ctx))
+	_, refs, found := state(t, b, name)
+	assert.Assert(t, found, "c1's Remove removed the plugin c2 holds")
+	assert.Equal(t, refs, 1)
+	assert.NilError(t, c2.Remove(ctx))
+	_, _, found = state(t, b, name)
+	assert.Assert(t, !found)
+}

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/remotes/docker"
@@ -63,6 +64,7 @@ type Controller struct {
 	backend Backend
 	d       *decodedSpec // the spec (Name defaulted) and parsed remote; shared, never modified
 	taskID  string
+	holder  string // the task's key in the holder table: its ID, or one of this Controller's own for a task without an ID
 	service string
 	opts    options
 	guard   *restartGuard // set by a RestartSafe executor before swarmkit sees the Controller; nil otherwise
@@ -141,7 +143,8 @@ func WithHealthCheck(h HealthCheck) Option {
 // WithRegistryAuth makes Prepare call fn for the reference it is about to
 // pull or upgrade and pass the config fn returns to the Backend. A nil
 // config (or no WithRegistryAuth at all) means anonymous access, as
-// upstream. An error from fn fails Prepare; it stays temporary when fn's
+// upstream: the Backend then gets an empty &registry.AuthConfig{}, never
+// nil. An error from fn fails Prepare; it stays temporary when fn's
 // error is (exec.IsTemporary, or a transient errdefs class).
 //
 // fn is called on the agent's goroutines, possibly for several tasks at
@@ -200,9 +203,10 @@ func WithLogger(l *log.Entry) Option {
 // must carry a generic runtime of kind "plugin" whose payload is a
 // swarm.RuntimeSpec. It is New(backend, t) with no options.
 //
-// Errors are classified invalid argument (cerrdefs.IsInvalidArgument) and
-// match ErrInvalidSpec: a nil backend or task, another runtime, a payload
-// that does not decode, a remote that is not a valid reference. A Name that
+// Errors are classified invalid argument (cerrdefs.IsInvalidArgument). A
+// nil task, another runtime, a payload that does not decode and a remote
+// that is not a valid reference also match ErrInvalidSpec; a nil (or typed
+// nil) backend does not, since the spec is not at fault. A Name that
 // is not a valid reference is refused by the Backend at Prepare (an error
 // classified invalid argument with moby's Manager), as upstream.
 //
@@ -226,6 +230,7 @@ func New(backend Backend, t *api.Task, opts ...Option) (*Controller, error) {
 		backend:  backend,
 		d:        d,
 		taskID:   t.ID,
+		holder:   holderKey(t.ID),
 		service:  t.ServiceID,
 		opts:     options{enableTimeout: DefaultEnableTimeout, progress: io.Discard, health: DefaultHealthCheck},
 		closedCh: make(chan struct{}),
@@ -237,6 +242,20 @@ func New(backend Backend, t *api.Task, opts ...Option) (*Controller, error) {
 	}
 	return c, nil
 }
+
+// holderKey is the key of a task's reference in the holder table: its ID,
+// so that every Controller swarmkit makes for a task shares the task's one
+// reference. A task without an ID, which swarmkit never sends but tests
+// ported from upstream's build (upstream's Controllers have no task), gets
+// a key of its Controller's own: it counts once per Controller, as upstream.
+func holderKey(taskID string) string {
+	if taskID != "" {
+		return taskID
+	}
+	return "\x00untasked-" + strconv.FormatUint(untasked.Add(1), 10)
+}
+
+var untasked atomic.Uint64
 
 // readSpec decodes and validates the plugin spec a task carries and parses
 // its remote; it defaults Name to the remote, as upstream's Prepare does.
@@ -569,7 +588,7 @@ func isIncorrectPrivileges(err error) bool {
 // Remove tries again.
 func (p *Controller) unpull(ctx context.Context, pl *v2.Plugin, why error) {
 	holders.mu.Lock()
-	holders.releaseLocked(pl, p.taskID)
+	holders.releaseLocked(pl, p.holder)
 	holders.mu.Unlock()
 	p.mu.Lock()
 	p.pluginID, p.bound = "", nil
@@ -847,7 +866,7 @@ func (p *Controller) bind(nameOrID string) (*v2.Plugin, error) {
 	if !p.owns(pl) {
 		return nil, withDetail(ErrPluginExists, p.d.spec.Name, nil)
 	}
-	holders.acquireLocked(pl, p.taskID)
+	holders.acquireLocked(pl, p.holder)
 	p.mu.Lock()
 	p.pluginID, p.bound = pl.GetID(), pl
 	p.mu.Unlock()
@@ -1255,7 +1274,7 @@ func (p *Controller) release(ctx context.Context, id string, bound *v2.Plugin) (
 	}
 	pl, err := p.lookup(nameOrID)
 	if cerrdefs.IsNotFound(err) {
-		holders.forgetLocked(bound, p.taskID)
+		holders.forgetLocked(bound, p.holder)
 		p.markRemoved()
 		return nil, nil
 	}
@@ -1264,7 +1283,7 @@ func (p *Controller) release(ctx context.Context, id string, bound *v2.Plugin) (
 	}
 	if !p.owns(pl) || (id != "" && pl.GetID() != id) {
 		// Not ours (any more): someone else's plugin now has the name.
-		holders.forgetLocked(bound, p.taskID)
+		holders.forgetLocked(bound, p.holder)
 		p.markRemoved()
 		p.debug(ctx, "plugin is not this service's; leaving it alone")
 		return nil, nil
@@ -1272,9 +1291,9 @@ func (p *Controller) release(ctx context.Context, id string, bound *v2.Plugin) (
 	if bound != nil && bound != pl {
 		// The Backend now returns another object for the plugin (a
 		// daemon restart in between, say): the old one's count is moot.
-		holders.forgetLocked(bound, p.taskID)
+		holders.forgetLocked(bound, p.holder)
 	}
-	holders.releaseLocked(pl, p.taskID)
+	holders.releaseLocked(pl, p.holder)
 	if n := pl.GetRefCount(); n > 0 {
 		p.markRemoved()
 		p.log(ctx, log.DebugLevel, "plugin still in use; keeping it", "references", strconv.Itoa(n))

@@ -9,8 +9,8 @@
 // the import swap; upstream_compat_test.go runs upstream's own scenarios
 // with a mock like upstream's to prove it.
 //
-// It builds with every docker/docker v28 release from v28.3.0 to v28.5.2
-// (CI checks v28.3.3, v28.4.0 and v28.5.2); Go's minimal version selection
+// It builds with github.com/moby/moby/v2 from v2.0.0-beta.24 on
+// (CI checks v2.0.0-beta.24); Go's minimal version selection
 // picks a later release a program requires, with nothing to configure.
 //
 // # Plugin tasks

@@ -143,14 +143,15 @@ func (b *Backend) Snapshot(name string) (Snapshot, error) {
 // plugin.WithSwarmService, plugin.WithEnv), and PluginReference set to
 // ref.String(). It publishes plugin.EventCreate.
 //
-// metaHeaders, authConfig and outStream are only recorded (see Calls).
+// metaHeaders, authConfig and outStream are only recorded (Call.MetaHeaders,
+// Call.Auth, Call.Out); nothing is written to outStream.
 // Pull fails if ctx is already done. Part of plugin.Backend; safe for
 // concurrent use.
 func (b *Backend) Pull(ctx context.Context, ref reference.Named, name string, metaHeaders http.Header, authConfig *registry.AuthConfig, privileges types.PluginPrivileges, outStream io.Writer, opts ...plugin.CreateOpt) (err error) {
 	requested := name
 	defer func() {
 		b.record(Call{
-			Method: "Pull", Name: requested, Ref: ref.String(), Privileges: copyPrivileges(privileges),
+			Method: "Pull", Name: requested, Ref: ref.String(), Privileges: copyPrivileges(privileges), Out: outStream,
 			Auth: authConfig, MetaHeaders: metaHeaders, Opts: len(opts), Err: err,
 		})
 	}()
@@ -237,12 +238,13 @@ func configDigest(c types.PluginConfig) digest.Digest {
 // required ones ("incorrect privileges") and a MissingRemote (NotFound). It
 // does not check the reference count and publishes no event, like moby.
 //
-// metaHeaders, authConfig and outStream are only recorded (see Calls).
+// metaHeaders, authConfig and outStream are only recorded (Call.MetaHeaders,
+// Call.Auth, Call.Out); nothing is written to outStream.
 // Part of plugin.Backend; safe for concurrent use.
 func (b *Backend) Upgrade(ctx context.Context, ref reference.Named, name string, metaHeaders http.Header, authConfig *registry.AuthConfig, privileges types.PluginPrivileges, outStream io.Writer) (err error) {
 	defer func() {
 		b.record(Call{
-			Method: "Upgrade", Name: name, Ref: ref.String(), Privileges: copyPrivileges(privileges),
+			Method: "Upgrade", Name: name, Ref: ref.String(), Privileges: copyPrivileges(privileges), Out: outStream,
 			Auth: authConfig, MetaHeaders: metaHeaders, Err: err,
 		})
 	}()

@@ -2,6 +2,7 @@ package plugintest
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 
 	"github.com/docker/docker/api/types"
@@ -34,6 +35,10 @@ type Call struct {
 	// MetaHeaders is the metaHeaders given to Pull, Upgrade or
 	// Privileges, as passed.
 	MetaHeaders http.Header
+	// Out is the outStream given to Pull or Upgrade, as passed (the
+	// progress writer, plugin.WithProgress's); the fake writes nothing to
+	// it.
+	Out io.Writer
 	// Opts is the number of CreateOpts given to Pull.
 	Opts int
 	// Args is a copy of the args given to Set.

@@ -713,3 +713,16 @@ func TestPluginMu(t *testing.T) {
 	field := reflect.ValueOf(p).Elem().FieldByName("mu")
 	assert.Check(t, is.Equal(field.UnsafeAddr(), uintptr(unsafe.Pointer(pluginMu(p)))))
 }
+
+// The progress writer given to Pull and Upgrade is recorded as passed, so
+// that a test can check what plugin.WithProgress hands the Backend.
+func TestProgressWriterIsRecorded(t *testing.T) {
+	b := NewBackend()
+	var w strings.Builder
+	ref := parse(t, "vol")
+	assert.NilError(t, b.Pull(context.Background(), ref, "vol", nil, &registry.AuthConfig{}, nil, &w))
+	assert.NilError(t, b.Upgrade(context.Background(), ref, "vol", nil, &registry.AuthConfig{}, nil, &w))
+	calls := b.Calls()
+	assert.Check(t, calls[0].Out == &w && calls[1].Out == &w)
+	assert.Check(t, is.Equal(w.Len(), 0), "nothing written")
+}

@@ -141,7 +141,8 @@
 //     state at once (no executor, no 500 ms wait, no restart on exit, no
 //     authz middleware), Pull and Upgrade consult the remotes registered
 //     with AddRemote, and outStream, metaHeaders and authConfig are only
-//     recorded. A remote nobody registered can be pulled and installs an
+//     recorded (Call.Out, Call.MetaHeaders, Call.Auth); nothing is written
+//     to outStream. A remote nobody registered can be pulled and installs an
 //     empty config that needs no privileges; the real registry would
 //     answer not found. The config holds only Env and the fields the
 //     privileges derive from, with made-up mount and device names; the

@@ -4,6 +4,7 @@ package plugintest
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 
 	plugintypes "github.com/moby/moby/api/types/plugin"
@@ -36,6 +37,10 @@ type Call struct {
 	// MetaHeaders is the metaHeaders given to Pull, Upgrade or
 	// Privileges, as passed.
 	MetaHeaders http.Header
+	// Out is the outStream given to Pull or Upgrade, as passed (the
+	// progress writer, plugin.WithProgress's); the fake writes nothing to
+	// it.
+	Out io.Writer
 	// Opts is the number of CreateOpts given to Pull.
 	Opts int
 	// Args is a copy of the args given to Set.

@@ -32,8 +32,8 @@ func NewTask(id, serviceID string, spec swarm.RuntimeSpec) *api.Task {
 // plugin service through swarmkit's control API.
 //
 // It encodes without the generated proto methods, which docker/docker
-// removed from swarm.RuntimeSpec in v28.4.0, so it works with every v28
-// release.
+// never had on swarm.RuntimeSpec (docker v28.4.0 removed them from
+// runtime.PluginSpec), so it works with every release.
 func Runtime(spec swarm.RuntimeSpec) *api.TaskSpec_Generic {
 	return pluginspec.Runtime(&spec)
 }

@@ -23,9 +23,9 @@ const (
 var skipDirs = []string{
 	"bench",
 	"cmd",
-	// The forked-daemon harness builds docker/docker v28.3.0's own dockerd
-	// and drives it with its client; .ci/mobyv2-dockerd is its moby v2 twin
-	// (a build of moby v2's dockerd with ours swapped in).
+	// The forked-daemon harness builds docker/docker v28.3.0's and moby
+	// v2's dockerd (with this module's mobyv2/ swapped into moby v2's) and
+	// drives both with docker v28's client, from one set of sources.
 	"integration/dockerd",
 	"internal/cmd",
 	targetDir,
@@ -136,4 +136,11 @@ var proseReplacements = []struct{ old, new string }{
 	{"github.com/moby/moby/v2 v28.3.0", "github.com/moby/moby/v2 v2.0.0-beta.24"},
 	{"(github.com/moby/moby/v2/daemon/pkg/plugin, v28.3.0)", "(github.com/moby/moby/v2/daemon/pkg/plugin, v2.0.0-beta.24)"},
 	{"(plugin/errors.go in v28.3.0)", "(daemon/pkg/plugin/errors.go in v2.0.0-beta.24)"},
+	// The package doc's supported releases.
+	{"It builds with every docker/docker v28 release from v28.3.0 to v28.5.2", "It builds with github.com/moby/moby/v2 from v2.0.0-beta.24 on"},
+	{"(CI checks v28.3.3, v28.4.0 and v28.5.2); Go's minimal version selection", "(CI checks v2.0.0-beta.24); Go's minimal version selection"},
+	// plugintest.Runtime's doc: the payload type moby v2 has is a plain
+	// struct, never generated.
+	{"removed from swarm.RuntimeSpec in v28.4.0, so it works with every v28", "never had on swarm.RuntimeSpec (docker v28.4.0 removed them from"},
+	{"// release.", "// runtime.PluginSpec), so it works with every release."},
 }
