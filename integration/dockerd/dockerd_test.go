@@ -31,6 +31,9 @@ var scenarios = []*scenario{
 	{id: "g", title: "swarm leave removes the plugin", run: leaveRemovesPlugin, issue: 16, stock: &outcome{}, stockV2: &outcome{}},
 	{id: "h", title: "service deleted while a worker was down", run: serviceDeletedWhileDown, issue: 16, stock: &outcome{}, stockV2: &outcome{}},
 	{id: "i", title: "a grant lacking a required privilege is refused (CVE-2026-33997)", run: privilegeGrant, issue: 23, stock: &outcome{failsAt: stepUnderGrantRefused}, stockV2: &outcome{failsAt: stepUnderGrantRefused}},
+	{id: "j", title: "worker restart past the heartbeat grace keeps its plugin", run: workerRestartPastGrace, issue: 24, stock: &outcome{failsAt: stepWorkerKept}, stockV2: &outcome{failsAt: stepWorkerKept}},
+	{id: "j2", title: "worker restart within the heartbeat grace keeps its plugin", run: workerRestartWithinGrace, issue: 24, stock: &outcome{failsAt: stepWorkerKept}, stockV2: &outcome{failsAt: stepWorkerKept}},
+	{id: "k", title: "swarm leave with a task running, 5 times", run: leaveWithTaskRunning, issue: 24},
 }
 
 // TestDockerd runs every scenario on each dockerd build in turn (dockerds:
