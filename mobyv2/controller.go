@@ -7,9 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path/filepath"
 	"reflect"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,10 +30,11 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/seed-e85c93d5/plugin/mobyv2/internal/health"
-	"github.com/seed-e85c93d5/plugin/mobyv2/internal/keptplugins"
 	"github.com/seed-e85c93d5/plugin/mobyv2/internal/pluginspec"
 	"github.com/seed-e85c93d5/plugin/mobyv2/internal/privileges"
+	"github.com/seed-e85c93d5/plugin/mobyv2/internal/refs"
 	"github.com/seed-e85c93d5/plugin/mobyv2/internal/remotedigest"
+	"github.com/seed-e85c93d5/plugin/mobyv2/internal/restart"
 )
 
 // RuntimeKind is the Kind of the generic runtime spec that carries a
@@ -67,7 +66,8 @@ type Controller struct {
 	holder  string // the task's key in the holder table: its ID, or one of this Controller's own for a task without an ID
 	service string
 	opts    options
-	guard   *restartGuard // set by a RestartSafe executor before swarmkit sees the Controller; nil otherwise
+	guard   *restart.Guard  // set by a RestartSafe executor before swarmkit sees the Controller; nil otherwise
+	asTask  *controllerTask // the Controller as the guard sees it
 
 	// opMu serialises the steps that change the plugin or the task's
 	// reference (Prepare, Start, Remove and Wait's binding), so a late
@@ -235,6 +235,7 @@ func New(backend Backend, t *api.Task, opts ...Option) (*Controller, error) {
 		opts:     options{enableTimeout: DefaultEnableTimeout, progress: io.Discard, health: DefaultHealthCheck},
 		closedCh: make(chan struct{}),
 	}
+	c.asTask = &controllerTask{c}
 	for _, o := range opts {
 		if o != nil {
 			o(&c.opts)
@@ -290,7 +291,7 @@ func readSpec(t *api.Task) (*decodedSpec, error) {
 	}
 	// A bad Name is left to the Backend, which refuses it (invalid
 	// argument) at Pull, as upstream.
-	d := &decodedSpec{spec: spec, remote: remote, familiar: reference.FamiliarString(remote), pluginKey: pluginKey(spec.Name)}
+	d := &decodedSpec{spec: spec, remote: remote, familiar: reference.FamiliarString(remote), pluginKey: refs.Key(spec.Name)}
 	specs.Put(generic.Payload.Value, d)
 	return d, nil
 }
@@ -330,16 +331,6 @@ func defaultName(remote reference.Named) string {
 		}
 	}
 	return name.String()
-}
-
-// pluginKey returns name as the Manager stores it, or name itself if it is
-// not a valid reference.
-func pluginKey(name string) string {
-	ref, err := reference.ParseNormalizedNamed(name)
-	if err != nil {
-		return name
-	}
-	return reference.FamiliarString(reference.TagNameOnly(ref))
 }
 
 func runtimeName(r any) string {
@@ -467,7 +458,7 @@ func (p *Controller) Update(ctx context.Context, t *api.Task) error {
 func (p *Controller) Prepare(ctx context.Context) (err error) {
 	defer func() { err = stepError(ctx, err) }()
 	if p.guard != nil {
-		if err := p.guard.settled(ctx, p); err != nil {
+		if err := p.guard.Settled(ctx, p.asTask); err != nil {
 			return err
 		}
 	}
@@ -587,9 +578,9 @@ func isIncorrectPrivileges(err error) bool {
 // removal fails, the plugin stays installed and disabled, and the task's
 // Remove tries again.
 func (p *Controller) unpull(ctx context.Context, pl *v2.Plugin, why error) {
-	holders.mu.Lock()
-	holders.releaseLocked(pl, p.holder)
-	holders.mu.Unlock()
+	refs.Holders.Lock()
+	refs.Holders.ReleaseLocked(pl, p.holder)
+	refs.Holders.Unlock()
 	p.mu.Lock()
 	p.pluginID, p.bound = "", nil
 	p.mu.Unlock()
@@ -743,7 +734,7 @@ func (p *Controller) envToSet(ctx context.Context, pl *v2.Plugin) []string {
 // service's tasks on the node: volumes, containers logging through it,
 // networks.
 func (p *Controller) otherReferences(pl *v2.Plugin) int {
-	return max(pl.GetRefCount()-holders.holders(pl), 0)
+	return max(pl.GetRefCount()-refs.Holders.Count(pl), 0)
 }
 
 func (p *Controller) inUse(others int, why string) error {
@@ -857,8 +848,8 @@ func (p *Controller) owns(pl *v2.Plugin) bool {
 // reference on it unless the task already holds one. Callers hold opMu and
 // have checked enter, so no bind happens once Remove has begun.
 func (p *Controller) bind(nameOrID string) (*v2.Plugin, error) {
-	holders.mu.Lock()
-	defer holders.mu.Unlock()
+	refs.Holders.Lock()
+	defer refs.Holders.Unlock()
 	pl, err := p.lookup(nameOrID)
 	if err != nil {
 		return nil, err
@@ -866,7 +857,7 @@ func (p *Controller) bind(nameOrID string) (*v2.Plugin, error) {
 	if !p.owns(pl) {
 		return nil, withDetail(ErrPluginExists, p.d.spec.Name, nil)
 	}
-	holders.acquireLocked(pl, p.holder)
+	refs.Holders.AcquireLocked(pl, p.holder)
 	p.mu.Lock()
 	p.pluginID, p.bound = pl.GetID(), pl
 	p.mu.Unlock()
@@ -892,7 +883,7 @@ func (p *Controller) begin(ctx context.Context) (unlock func(), err error) {
 		p.opMu.Unlock()
 		return nil, err
 	}
-	unlockPlugin, err := pluginLocks.lock(ctx, p.d.pluginKey)
+	unlockPlugin, err := refs.Locks.Lock(ctx, p.d.pluginKey)
 	if err != nil {
 		p.opMu.Unlock()
 		return nil, err
@@ -1232,7 +1223,7 @@ func (p *Controller) Remove(ctx context.Context) (err error) {
 	// nothing retries it, so giving up here would leave the plugin behind.
 	// The holder is another step of the plugin, which ends when its own
 	// context does.
-	unlock, err := pluginLocks.lock(context.WithoutCancel(ctx), p.d.pluginKey)
+	unlock, err := refs.Locks.Lock(context.WithoutCancel(ctx), p.d.pluginKey)
 	if err != nil {
 		return err
 	}
@@ -1242,7 +1233,7 @@ func (p *Controller) Remove(ctx context.Context) (err error) {
 	if err != nil || pl == nil {
 		return err
 	}
-	if p.guard != nil && p.guard.keep(ctx, p, pl) {
+	if p.guard != nil && p.guard.Keep(ctx, p.asTask, pl) {
 		p.markRemoved()
 		p.log(ctx, log.InfoLevel, "plugin kept for the node's restart")
 		return nil
@@ -1266,15 +1257,15 @@ func (p *Controller) Remove(ctx context.Context) (err error) {
 // service's and no reference remains, so Remove should remove it; nil
 // otherwise, with the task marked removed.
 func (p *Controller) release(ctx context.Context, id string, bound *v2.Plugin) (*v2.Plugin, error) {
-	holders.mu.Lock()
-	defer holders.mu.Unlock()
+	refs.Holders.Lock()
+	defer refs.Holders.Unlock()
 	nameOrID := id
 	if nameOrID == "" {
 		nameOrID = p.d.spec.Name
 	}
 	pl, err := p.lookup(nameOrID)
 	if cerrdefs.IsNotFound(err) {
-		holders.forgetLocked(bound, p.holder)
+		refs.Holders.ForgetLocked(bound, p.holder)
 		p.markRemoved()
 		return nil, nil
 	}
@@ -1283,7 +1274,7 @@ func (p *Controller) release(ctx context.Context, id string, bound *v2.Plugin) (
 	}
 	if !p.owns(pl) || (id != "" && pl.GetID() != id) {
 		// Not ours (any more): someone else's plugin now has the name.
-		holders.forgetLocked(bound, p.holder)
+		refs.Holders.ForgetLocked(bound, p.holder)
 		p.markRemoved()
 		p.debug(ctx, "plugin is not this service's; leaving it alone")
 		return nil, nil
@@ -1291,9 +1282,9 @@ func (p *Controller) release(ctx context.Context, id string, bound *v2.Plugin) (
 	if bound != nil && bound != pl {
 		// The Backend now returns another object for the plugin (a
 		// daemon restart in between, say): the old one's count is moot.
-		holders.forgetLocked(bound, p.holder)
+		refs.Holders.ForgetLocked(bound, p.holder)
 	}
-	holders.releaseLocked(pl, p.holder)
+	refs.Holders.ReleaseLocked(pl, p.holder)
 	if n := pl.GetRefCount(); n > 0 {
 		p.markRemoved()
 		p.log(ctx, log.DebugLevel, "plugin still in use; keeping it", "references", strconv.Itoa(n))
@@ -1308,7 +1299,7 @@ func (p *Controller) markRemoved() {
 	p.bound = nil
 	p.mu.Unlock()
 	if p.guard != nil {
-		p.guard.forget(p)
+		p.guard.Forget(p.asTask)
 	}
 }
 
@@ -1325,7 +1316,7 @@ func (p *Controller) Close() error {
 	}
 	p.mu.Unlock()
 	if first && p.guard != nil {
-		p.guard.forget(p)
+		p.guard.Forget(p.asTask)
 	}
 	return nil
 }
@@ -1420,178 +1411,9 @@ func envKeys(env []string) []string {
 	return keys
 }
 
-// stepError makes the error of a step that ends because its ctx is done
-// tell swarmkit's exec.Do to retry, whatever the Backend wrapped around
-// ctx's error: exec.Do retries an error whose errors.Cause is
-// context.Canceled or DeadlineExceeded, and errors.Cause follows only
-// Cause methods. errors.Is still reaches both err and ctx's error.
-func stepError(ctx context.Context, err error) error {
-	if err == nil || ctx.Err() == nil {
-		return err
-	}
-	var done *ctxDoneError
-	if errors.As(err, &done) || err == ctx.Err() {
-		return err
-	}
-	return &ctxDoneError{err: err, ctxErr: ctx.Err()}
-}
-
-// ctxDoneError is the error of a step cut short by its context.
-type ctxDoneError struct {
-	err    error
-	ctxErr error
-}
-
-func (e *ctxDoneError) Error() string   { return e.err.Error() }
-func (e *ctxDoneError) Cause() error    { return e.ctxErr }
-func (e *ctxDoneError) Unwrap() []error { return []error{e.err, e.ctxErr} }
-
-// isNil reports whether b is nil or an interface holding a nil pointer,
-// map, slice, func or channel, which would fail at its first call.
-func isNil(b any) bool {
-	if b == nil {
-		return true
-	}
-	switch v := reflect.ValueOf(b); v.Kind() {
-	case reflect.Pointer, reflect.Map, reflect.Slice, reflect.Func, reflect.Chan:
-		return v.IsNil()
-	}
-	return false
-}
-
-// holders records which tasks hold a reference on which plugin, so that
-// each task holds exactly one reference however many Controllers swarmkit
-// creates for it (a new one after every agent restart), and so that the
-// Controller can tell this service's references from other users'. It is
-// keyed by the plugin object itself, the *v2.Plugin that the Manager
-// returns for a plugin on every Get and that holds its reference count, so
-// it does not matter which Backend value (a wrapper per Controller, say)
-// returned it. Acquire and Release on a plugin happen only under holders.mu.
-var holders = holderTable{tasks: make(map[holderTask]struct{})}
-
-type holderTable struct {
-	mu    sync.Mutex
-	tasks map[holderTask]struct{} // which task holds a reference on which plugin
-}
-
-type holderTask struct {
-	plugin *v2.Plugin
-	taskID string
-}
-
-// holders counts the tasks holding a reference on pl. It walks the table,
-// which holds one entry per task of the node's plugin services; only a
-// disable asks.
-func (h *holderTable) holders(pl *v2.Plugin) int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	n := 0
-	for t := range h.tasks {
-		if t.plugin == pl {
-			n++
-		}
-	}
-	return n
-}
-
-func (h *holderTable) acquireLocked(pl *v2.Plugin, taskID string) {
-	t := holderTask{pl, taskID}
-	if _, ok := h.tasks[t]; ok {
-		return
-	}
-	h.tasks[t] = struct{}{}
-	pl.Acquire()
-}
-
-func (h *holderTable) releaseLocked(pl *v2.Plugin, taskID string) {
-	if h.forgetLocked(pl, taskID) {
-		pl.Release()
-	}
-}
-
-// forgetLocked drops the record of taskID's reference on pl and reports
-// whether there was one.
-func (h *holderTable) forgetLocked(pl *v2.Plugin, taskID string) bool {
-	if pl == nil {
-		return false
-	}
-	t := holderTask{pl, taskID}
-	if _, ok := h.tasks[t]; !ok {
-		return false
-	}
-	delete(h.tasks, t)
-	return true
-}
-
-// pluginLocks serialise the steps that change a plugin (Prepare, Start,
-// Remove, Wait's binding, and the removal of a plugin kept across a
-// restart) across all the Controllers of a process, so that one task's
-// disable-then-upgrade cannot interleave with another task's enable. A
-// plugin's lock is chosen by its name as the Manager stores it, so "vol",
-// "vol:latest" and "docker.io/library/vol" share one, and unrelated
-// plugins never do. A lock exists while a step holds or waits for it. A
-// Controller holds at most one of them at a time.
-var pluginLocks = lockTable{locks: make(map[string]*keyedLock)}
-
-// lockTable is a set of mutexes keyed by plugin name whose lock can give
-// up when a context ends.
-type lockTable struct {
-	mu    sync.Mutex
-	locks map[string]*keyedLock
-}
-
-type keyedLock struct {
-	held  chan struct{} // holds one token while locked
-	users int           // holders and waiters; guarded by lockTable.mu
-}
-
-// lock takes key's lock and returns the function that releases it. A free
-// lock is always taken, even when ctx is done; a held one is waited for
-// until ctx ends (never, for a context without a Done channel, such as
-// context.WithoutCancel's), and then lock returns ctx.Err().
-func (t *lockTable) lock(ctx context.Context, key string) (unlock func(), err error) {
-	t.mu.Lock()
-	l := t.locks[key]
-	if l == nil {
-		l = &keyedLock{held: make(chan struct{}, 1)}
-		t.locks[key] = l
-	}
-	l.users++
-	t.mu.Unlock()
-	unlock = func() {
-		<-l.held
-		t.leave(key, l)
-	}
-	select {
-	case l.held <- struct{}{}:
-		return unlock, nil
-	default:
-	}
-	select {
-	case l.held <- struct{}{}:
-		return unlock, nil
-	case <-ctx.Done():
-		t.leave(key, l)
-		return nil, ctx.Err()
-	}
-}
-
-// leave drops a holder or waiter of l, and l itself once it has none.
-func (t *lockTable) leave(key string, l *keyedLock) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if l.users--; l.users == 0 {
-		delete(t.locks, key)
-	}
-}
-
-// Restart safety.
-//
-// swarmkit stops a node the same way for "docker swarm leave" and for a
-// daemon shutdown: the agent leaves, which removes every assignment, so the
-// worker calls Remove on every task's Controller and the plugins go. Only the
-// daemon knows which of the two it is doing. RestartSafe and ShuttingDown
-// are the two calls it makes to tell the Controllers.
+// Restart safety: the daemon's entries. The mechanism is package
+// internal/restart; a Controller meets it through its guard field and its
+// asTask adapter (see restart.Task).
 
 // RestartSafe returns an exec.Executor that gets its controllers from e and
 // keeps the node's plugins installed and enabled across a restart of the
@@ -1631,8 +1453,10 @@ func (t *lockTable) leave(key string, l *keyedLock) {
 //     is empty: its services' new tasks pull their plugins again.) A
 //     removal that fails is tried again at the next complete set, and so
 //     is the removal of a plugin still in use (a volume on the driver).
-//     Until the first complete set, a Prepare of another service's task
-//     for a recorded plugin's name waits for it, rather than fail with
+//     The removals run on a goroutine of the node's own, never on
+//     swarmkit's worker. Until the first complete set, and while a
+//     recorded plugin of its name is being removed, a Prepare of another
+//     service's task for that name waits, rather than fail with
 //     ErrPluginExists.
 //
 // The executor knows a complete set by the calls swarmkit v2's worker makes
@@ -1646,8 +1470,9 @@ func (t *lockTable) leave(key string, l *keyedLock) {
 // behaves as it always does.
 //
 // RestartSafe returns an error classified invalid argument for a nil e or
-// backend or an empty dir. A record it cannot read is logged and treated
-// as empty.
+// backend or an empty dir. A record it cannot read is set aside (renamed
+// swarm-plugins-kept.unreadable-TIME.json, never overwritten), logged at
+// error, and the plugins it lists stay installed.
 func RestartSafe(e exec.Executor, backend Backend, dir string) (exec.Executor, error) {
 	switch {
 	case isNil(e):
@@ -1657,47 +1482,15 @@ func RestartSafe(e exec.Executor, backend Backend, dir string) (exec.Executor, e
 	case dir == "":
 		return nil, withDetail(errRestartSafe, "needs a directory for its record, got \"\"", nil)
 	}
-	g := &restartGuard{
-		backend: backend,
-		file:    keptplugins.Open(dir),
-		live:    make(map[*Controller]api.TaskState),
-		swept:   make(chan struct{}),
-		changed: make(chan struct{}),
-	}
-	g.pending = loadRecord(g.file)
-	guards.Lock()
-	old := guards.m[filepath.Clean(dir)]
-	guards.m[filepath.Clean(dir)] = g
-	guards.Unlock()
-	if old != nil {
-		old.stopSweep() // the node starts again: this guard takes over the record
-	}
-	return &restartSafeExecutor{Executor: e, guard: g}, nil
-}
-
-// loadRecord reads the record of kept plugins, after removing the
-// temporary files of a Save that a crash interrupted. A record it cannot
-// read is never overwritten or deleted: it is set aside (see
-// keptplugins.File.SetAside), logged at error with its new path, and the
-// plugins it listed stay installed for a person to look at.
-func loadRecord(f *keptplugins.File) []keptplugins.Plugin {
-	l := log.G(context.Background()).WithField("controller", "plugin")
-	if err := f.RemoveTemps(); err != nil {
-		l.WithError(err).Warn("cannot remove the temporary files of an interrupted write of the kept-plugin record")
-	}
-	kept, err := f.Load()
-	if err == nil {
-		return kept
-	}
-	aside, aerr := f.SetAside(time.Now())
-	if aerr != nil {
-		l.WithError(err).WithField("error.aside", aerr.Error()).
-			Error("the record of plugins kept at the last shutdown is unreadable and cannot be set aside; the plugins it lists stay installed")
-		return nil
-	}
-	l.WithError(err).WithField("record", aside).
-		Error("the record of plugins kept at the last shutdown is unreadable: set aside; the plugins it lists stay installed, remove them by hand if their services are gone")
-	return nil
+	g := restart.New(backend, dir)
+	return g.Wrap(e, func(c exec.Controller) (restart.Task, bool) {
+		p, ok := c.(*Controller)
+		if !ok || p == nil {
+			return nil, false
+		}
+		p.guard = g
+		return p.asTask, true
+	}), nil
 }
 
 // ShuttingDown tells the executor RestartSafe returned for dir that its node
@@ -1708,11 +1501,7 @@ func loadRecord(f *keptplugins.File) []keptplugins.Plugin {
 // goroutine, more than once, and for a dir no executor has (a daemon not in
 // a swarm): then it does nothing. It cannot be undone; the next start of the
 // node calls RestartSafe again.
-func ShuttingDown(dir string) {
-	if g := guardFor(dir); g != nil {
-		g.shutdown()
-	}
-}
+func ShuttingDown(dir string) { restart.ShuttingDown(dir) }
 
 // LeftSwarm tells the node's plugin controllers that the daemon is no longer
 // in a swarm: it removes every plugin that dir's record lists as kept for
@@ -1735,540 +1524,19 @@ func LeftSwarm(backend Backend, dir string) error {
 	case dir == "":
 		return withDetail(errRestartSafe, "LeftSwarm needs the record's directory, got \"\"", nil)
 	}
-	g := guardFor(dir)
-	if g == nil {
-		// No node ran in this process: a guard of its own for the record.
-		f := keptplugins.Open(dir)
-		g = &restartGuard{backend: backend, file: f, swept: make(chan struct{}), changed: make(chan struct{})}
-		g.pending = loadRecord(f)
-	}
-	return g.leftSwarm(backend)
+	return restart.LeftSwarm(backend, dir)
 }
 
-func guardFor(dir string) *restartGuard {
-	guards.Lock()
-	defer guards.Unlock()
-	return guards.m[filepath.Clean(dir)]
+// controllerTask is a Controller as its node's restart guard sees it.
+type controllerTask struct{ c *Controller }
+
+func (t *controllerTask) TaskID() string          { return t.c.taskID }
+func (t *controllerTask) Service() string         { return t.c.service }
+func (t *controllerTask) Name() string            { return t.c.d.spec.Name }
+func (t *controllerTask) Key() string             { return t.c.d.pluginKey }
+func (t *controllerTask) BoundID() string         { return t.c.boundID() }
+func (t *controllerTask) Owns(pl *v2.Plugin) bool { return t.c.owns(pl) }
+func (t *controllerTask) Closed() <-chan struct{} { return t.c.closedCh }
+func (t *controllerTask) Log(ctx context.Context, level log.Level, msg string, kv ...string) {
+	t.c.log(ctx, level, msg, kv...)
 }
-
-// guards maps each RestartSafe directory to its node's guard.
-var guards = struct {
-	sync.Mutex
-	m map[string]*restartGuard
-}{m: make(map[string]*restartGuard)}
-
-// restartGuard is the restart safety of one node: its record of kept
-// plugins and the plugin Controllers its executor handed out.
-//
-// Its sweep, the removal of kept plugins no task claimed, runs on a
-// goroutine of its own (never on swarmkit's worker, which waits for the
-// executor's calls under its lock), one at a time; ShuttingDown, LeftSwarm
-// and a later RestartSafe of the same directory stop it.
-type restartGuard struct {
-	backend Backend
-	file    *keptplugins.File
-
-	mu           sync.Mutex
-	shuttingDown bool
-	pending      []keptplugins.Plugin          // recorded: kept and not yet claimed, or being removed
-	live         map[*Controller]api.TaskState // the desired state of each one's task when swarmkit asked for it
-	complete     bool                          // a complete set of assignments is being applied
-	swept        chan struct{}                 // closed once the first complete set decided the record
-	changed      chan struct{}                 // closed and replaced when pending or removing changes
-	removing     map[string]bool               // IDs the sweep has not finished with
-	sweepCancel  context.CancelFunc            // stops the sweep in flight; nil when none
-	sweepDone    chan struct{}                 // closed when the sweep in flight ends
-}
-
-// watch makes c's Remove keep its plugin after ShuttingDown, and lets c's
-// task, whose desired state is desired, claim a kept plugin.
-func (g *restartGuard) watch(c *Controller, desired api.TaskState) {
-	g.mu.Lock()
-	g.live[c] = desired
-	g.mu.Unlock()
-	c.guard = g
-}
-
-// forget drops c: its task is no longer assigned.
-func (g *restartGuard) forget(c *Controller) {
-	g.mu.Lock()
-	delete(g.live, c)
-	g.mu.Unlock()
-}
-
-// claims reports whether c's task, whose desired state is desired, takes
-// over the kept plugin k. A task the managers are removing (its service
-// was deleted) does not: its Remove would remove the plugin soon, and the
-// plugin's name may already be another service's.
-func (c *Controller) claims(k keptplugins.Plugin, desired api.TaskState) bool {
-	if k.Service == "" || c.service != k.Service || desired >= api.TaskStateRemove {
-		return false
-	}
-	return c.boundID() == k.ID || c.d.pluginKey == pluginKey(k.Name)
-}
-
-// claimantLocked returns the Controller that takes over k: of those that
-// claim it, the one whose task's desired state is lowest (a task meant to
-// run before one being shut down, as after a node marked down, where the
-// old task is reassigned SHUTDOWN and a new one comes), then by task ID.
-// The caller holds g.mu.
-func (g *restartGuard) claimantLocked(k keptplugins.Plugin) *Controller {
-	var best *Controller
-	var bestState api.TaskState
-	for c, desired := range g.live {
-		if !c.claims(k, desired) {
-			continue
-		}
-		if best == nil || desired < bestState || (desired == bestState && c.taskID < best.taskID) {
-			best, bestState = c, desired
-		}
-	}
-	return best
-}
-
-// notifyLocked wakes the Prepares waiting in settled. The caller holds g.mu.
-func (g *restartGuard) notifyLocked() {
-	close(g.changed)
-	g.changed = make(chan struct{})
-}
-
-// saveLocked writes pending as the record. The caller holds g.mu.
-func (g *restartGuard) saveLocked(next []keptplugins.Plugin) error {
-	if err := g.file.Save(next); err != nil {
-		return err
-	}
-	g.pending = next
-	g.notifyLocked()
-	return nil
-}
-
-// shutdown makes the node's Controllers keep their plugins from now on, and
-// records at once the plugins they hold, so that a daemon that exits before
-// swarmkit's Remove calls have all run (the agent does not wait for them)
-// still knows at its next start what it kept. It stops the sweep: what it
-// has not removed stays recorded.
-func (g *restartGuard) shutdown() {
-	g.mu.Lock()
-	if g.shuttingDown {
-		g.mu.Unlock()
-		return
-	}
-	g.shuttingDown = true
-	g.mu.Unlock()
-	g.stopSweep()
-
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	next := slices.Clone(g.pending)
-	for c := range g.live {
-		nameOrID := c.boundID()
-		if nameOrID == "" {
-			nameOrID = c.d.spec.Name
-		}
-		pl, err := g.backend.Get(nameOrID)
-		if err != nil || pl == nil || pl.GetID() == "" || !c.owns(pl) || c.service == "" {
-			continue // nothing of the task's service to keep
-		}
-		next = withKept(next, c.kept(pl))
-	}
-	if slices.Equal(next, g.pending) {
-		return
-	}
-	if err := g.saveLocked(next); err != nil {
-		log.G(context.Background()).WithError(err).WithField("controller", "plugin").
-			Warn("cannot record the plugins to keep across the restart; each task's Remove tries again")
-	}
-}
-
-// decidedLocked reports whether a complete set of assignments has decided
-// the kept plugins since the node started. The caller holds g.mu.
-func (g *restartGuard) decidedLocked() bool {
-	select {
-	case <-g.swept:
-		return true
-	default:
-		return false
-	}
-}
-
-// kept is the record of pl, kept for c's task.
-func (c *Controller) kept(pl *v2.Plugin) keptplugins.Plugin {
-	return keptplugins.Plugin{ID: pl.GetID(), Name: pl.Name(), Service: c.service, Task: c.taskID, Kept: time.Now().UTC()}
-}
-
-// withKept returns kept with k in the place of any entry of k's plugin.
-func withKept(kept []keptplugins.Plugin, k keptplugins.Plugin) []keptplugins.Plugin {
-	kept = slices.DeleteFunc(kept, func(o keptplugins.Plugin) bool { return o.ID == k.ID })
-	return append(kept, k)
-}
-
-// without returns kept less the entry of the plugin id.
-func without(kept []keptplugins.Plugin, id string) []keptplugins.Plugin {
-	return slices.DeleteFunc(slices.Clone(kept), func(o keptplugins.Plugin) bool { return o.ID == id })
-}
-
-// keep records pl, which p's Remove is about to remove, if the node is
-// shutting down, and reports whether it did: then Remove leaves pl
-// installed. A record that cannot be written means pl is removed as usual,
-// so that nothing is kept that the next start would not know of.
-func (g *restartGuard) keep(ctx context.Context, p *Controller, pl *v2.Plugin) bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if !g.shuttingDown || p.service == "" {
-		return false
-	}
-	k := p.kept(pl)
-	if i := slices.IndexFunc(g.pending, func(o keptplugins.Plugin) bool { return o.ID == k.ID }); i >= 0 && g.pending[i].Service == k.Service {
-		return true // recorded by ShuttingDown
-	}
-	if err := g.saveLocked(withKept(slices.Clone(g.pending), k)); err != nil {
-		p.log(ctx, log.WarnLevel, "cannot record the plugin to keep across the restart; removing it", "error", err.Error())
-		return false
-	}
-	return true
-}
-
-// settled returns once a Prepare of p may look at the plugins: at once,
-// unless a plugin of p's name was kept for another service and is not
-// decided yet (the node's first complete set of assignments has not come)
-// or is being removed (the sweep has not finished with it).
-func (g *restartGuard) settled(ctx context.Context, p *Controller) error {
-	logged := false
-	for {
-		g.mu.Lock()
-		other := ""
-		for _, k := range g.pending {
-			if k.Service != p.service && pluginKey(k.Name) == p.d.pluginKey && (!g.decidedLocked() || g.removing[k.ID]) {
-				other = k.Service
-				break
-			}
-		}
-		changed := g.changed
-		g.mu.Unlock()
-		if other == "" {
-			return nil
-		}
-		if !logged {
-			logged = true
-			p.log(ctx, log.InfoLevel, "waiting for the plugin of this name, kept at the last shutdown for another service, to be decided or removed",
-				"kept.service", other)
-		}
-		select {
-		case <-changed:
-		case <-p.closedCh:
-			return exec.ErrControllerClosed
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-}
-
-// setBegins is called when swarmkit begins to apply a set of
-// assignments, complete or not: its first call is for the secrets.
-func (g *restartGuard) setBegins() {
-	g.mu.Lock()
-	g.complete = false
-	g.mu.Unlock()
-}
-
-// completeSetBegins is called when swarmkit resets the node's secrets or
-// configs: it is applying a complete set of assignments.
-func (g *restartGuard) completeSetBegins() {
-	g.mu.Lock()
-	g.complete = true
-	g.mu.Unlock()
-}
-
-// tasksApplied is called when swarmkit turns to the node's volumes, after
-// it created the Controllers of the assignments' new tasks. After a
-// complete set, it decides every kept plugin: claimed by a task of the
-// node (its entry leaves the record), or to be removed. It runs on
-// swarmkit's worker, which waits for it under its lock, so it only decides
-// and writes the record; the removals run on the sweep's goroutine.
-func (g *restartGuard) tasksApplied() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if !g.complete {
-		return
-	}
-	g.complete = false
-	if g.shuttingDown {
-		return // the empty set of the shutdown's leave: everything stays
-	}
-	l := log.G(context.Background()).WithField("controller", "plugin")
-	var remove []keptplugins.Plugin
-	next := slices.Clone(g.pending)
-	for _, k := range g.pending {
-		kl := l.WithFields(log.Fields{"plugin": k.Name, "plugin.id": k.ID, "service": k.Service})
-		if c := g.claimantLocked(k); c != nil {
-			kl.WithField("task", c.taskID).Info("plugin kept across the restart is in service again")
-			next = without(next, k.ID)
-			continue
-		}
-		if k.Service == "" {
-			kl.Warn("a kept plugin recorded without a service is left alone; remove it by hand if it is not needed")
-			next = without(next, k.ID)
-			continue
-		}
-		if !g.removing[k.ID] {
-			remove = append(remove, k)
-		}
-	}
-	if !slices.Equal(next, g.pending) {
-		if err := g.saveLocked(next); err != nil {
-			l.WithError(err).Error("cannot update the record of plugins kept at the last shutdown")
-		}
-	}
-	if len(remove) > 0 {
-		g.startSweepLocked(remove)
-	}
-	if !g.decidedLocked() {
-		close(g.swept)
-		g.notifyLocked()
-	}
-}
-
-// startSweepLocked starts removing ks on the guard's goroutine, after any
-// sweep still in flight. The caller holds g.mu.
-func (g *restartGuard) startSweepLocked(ks []keptplugins.Plugin) {
-	if g.removing == nil {
-		g.removing = make(map[string]bool)
-	}
-	for _, k := range ks {
-		g.removing[k.ID] = true
-	}
-	prev, prevCancel := g.sweepDone, g.sweepCancel
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	g.sweepCancel = func() {
-		cancel()
-		if prevCancel != nil {
-			prevCancel()
-		}
-	}
-	g.sweepDone = done
-	go func() {
-		defer close(done)
-		defer cancel()
-		if prev != nil {
-			<-prev
-		}
-		g.sweep(ctx, ks)
-	}()
-}
-
-// sweep removes the kept plugins ks one after another, each under its
-// plugin's lock and with Remove's checks. An entry leaves the record only
-// when its plugin is removed (or gone, or no longer its service's); one
-// whose removal fails stays recorded and is tried again at the next
-// complete set. It stops early when ctx ends.
-func (g *restartGuard) sweep(ctx context.Context, ks []keptplugins.Plugin) {
-	lctx := log.WithLogger(ctx, log.G(ctx).WithField("controller", "plugin"))
-	for i, k := range ks {
-		if ctx.Err() != nil {
-			g.mu.Lock()
-			for _, rest := range ks[i:] {
-				delete(g.removing, rest.ID)
-			}
-			g.notifyLocked()
-			g.mu.Unlock()
-			return
-		}
-		err := g.removeKept(lctx, k)
-		g.mu.Lock()
-		delete(g.removing, k.ID)
-		if err == nil {
-			if serr := g.saveLocked(without(g.pending, k.ID)); serr != nil {
-				log.G(lctx).WithError(serr).Error("cannot update the record of plugins kept at the last shutdown")
-			}
-		} else {
-			level := log.ErrorLevel
-			if errors.Is(err, ErrPluginInUse) || ctx.Err() != nil {
-				level = log.WarnLevel
-			}
-			log.G(lctx).WithFields(log.Fields{"plugin": k.Name, "plugin.id": k.ID, "service": k.Service}).WithError(err).
-				Log(level, "cannot remove a plugin kept across the restart whose service has no task on the node; trying again at the next complete set of assignments")
-		}
-		g.notifyLocked()
-		g.mu.Unlock()
-	}
-}
-
-// stopSweep stops the sweep in flight, if any, and waits for it to end.
-func (g *restartGuard) stopSweep() {
-	g.mu.Lock()
-	cancel, done := g.sweepCancel, g.sweepDone
-	g.mu.Unlock()
-	if cancel != nil {
-		cancel()
-		<-done
-	}
-}
-
-// leftSwarm is LeftSwarm for the guard's record: it stops the sweep, then
-// removes every recorded plugin, and rewrites the record with those it
-// could not remove.
-func (g *restartGuard) leftSwarm(backend Backend) error {
-	g.stopSweep()
-	g.mu.Lock()
-	pending := slices.Clone(g.pending)
-	g.mu.Unlock()
-	ctx := log.WithLogger(context.Background(), log.G(context.Background()).WithField("controller", "plugin"))
-	var errs []error
-	for _, k := range pending {
-		if k.Service == "" {
-			continue // never a swarm service's: left alone, and forgotten
-		}
-		gk := &restartGuard{backend: backend}
-		if err := gk.removeKept(ctx, k); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		g.mu.Lock()
-		_ = g.saveLocked(without(g.pending, k.ID)) // rewritten below too
-		g.mu.Unlock()
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	remain := slices.DeleteFunc(slices.Clone(g.pending), func(k keptplugins.Plugin) bool { return k.Service == "" })
-	if err := g.saveLocked(remain); err != nil {
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
-}
-
-// removeKept removes the kept plugin k unless it is gone or is no longer
-// its service's, the checks of Remove; a plugin still in use is
-// ErrPluginInUse, and stays recorded.
-func (g *restartGuard) removeKept(ctx context.Context, k keptplugins.Plugin) error {
-	unlock, err := pluginLocks.lock(ctx, pluginKey(k.Name))
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	l := log.G(ctx).WithFields(log.Fields{"plugin": k.Name, "plugin.id": k.ID, "service": k.Service})
-	if remove, err := g.removable(l, k); !remove || err != nil {
-		return err
-	}
-	// The plugin's lock, held until the removal is done, keeps tasks of
-	// the node from binding to it meanwhile, as in Remove.
-	if err := g.backend.Remove(k.ID, &backend.PluginRmConfig{ForceRemove: true}); err != nil && !cerrdefs.IsNotFound(err) {
-		return classify("error removing plugin "+k.Name, err)
-	}
-	l.Info("plugin removed: it was kept across the restart, and its service has no task on the node")
-	return nil
-}
-
-// removable looks the kept plugin k up and reports whether removeKept
-// should remove it: it is still its service's and no one holds it (else
-// ErrPluginInUse).
-func (g *restartGuard) removable(l *log.Entry, k keptplugins.Plugin) (bool, error) {
-	holders.mu.Lock()
-	defer holders.mu.Unlock()
-	pl, err := g.backend.Get(k.ID)
-	switch {
-	case cerrdefs.IsNotFound(err):
-		l.Debug("plugin kept across the restart is gone")
-		return false, nil
-	case err != nil:
-		return false, classify("error looking up plugin "+k.Name, err)
-	case pl == nil || pl.GetID() == "":
-		return false, withDetail(errBackend, "Get returned neither a plugin nor an error", nil)
-	case k.Service == "" || pl.SwarmServiceID != k.Service:
-		l.Info("plugin kept across the restart now belongs to someone else; leaving it alone")
-		return false, nil
-	case pl.GetRefCount() > 0:
-		// A volume on the driver, say: Remove would keep it too. It stays
-		// recorded, and a later complete set removes it once unused.
-		return false, withDetail(ErrPluginInUse, fmt.Sprintf("%s has %d references", k.Name, pl.GetRefCount()), nil)
-	}
-	return true, nil
-}
-
-// restartSafeExecutor is the executor RestartSafe returns.
-type restartSafeExecutor struct {
-	exec.Executor
-	guard *restartGuard
-}
-
-func (x *restartSafeExecutor) Controller(t *api.Task) (exec.Controller, error) {
-	c, err := x.Executor.Controller(t)
-	if p, ok := c.(*Controller); ok && err == nil && p != nil {
-		x.guard.watch(p, t.DesiredState)
-	}
-	return c, err
-}
-
-func (x *restartSafeExecutor) Secrets() exec.SecretsManager {
-	x.guard.setBegins()
-	var m exec.SecretsManager = inertSecrets{}
-	if p, ok := x.Executor.(exec.SecretsProvider); ok {
-		m = p.Secrets()
-	}
-	return resetSecrets{m, x.guard}
-}
-
-func (x *restartSafeExecutor) Configs() exec.ConfigsManager {
-	var m exec.ConfigsManager = inertConfigs{}
-	if p, ok := x.Executor.(exec.ConfigsProvider); ok {
-		m = p.Configs()
-	}
-	return resetConfigs{m, x.guard}
-}
-
-func (x *restartSafeExecutor) Volumes() exec.VolumesManager {
-	x.guard.tasksApplied()
-	if p, ok := x.Executor.(exec.VolumesProvider); ok {
-		return p.Volumes()
-	}
-	return inertVolumes{}
-}
-
-// resetSecrets and resetConfigs tell the guard when swarmkit resets them,
-// which it does at the start of a complete set of assignments.
-type resetSecrets struct {
-	exec.SecretsManager
-	guard *restartGuard
-}
-
-func (r resetSecrets) Reset() {
-	r.guard.completeSetBegins()
-	r.SecretsManager.Reset()
-}
-
-type resetConfigs struct {
-	exec.ConfigsManager
-	guard *restartGuard
-}
-
-func (r resetConfigs) Reset() {
-	r.guard.completeSetBegins()
-	r.ConfigsManager.Reset()
-}
-
-// inertSecrets, inertConfigs and inertVolumes stand in for the managers of
-// an executor that has none: they hold nothing.
-type inertSecrets struct{}
-
-func (inertSecrets) Get(string) (*api.Secret, error) { return nil, nil }
-func (inertSecrets) Add(...api.Secret)               {}
-func (inertSecrets) Remove([]string)                 {}
-func (inertSecrets) Reset()                          {}
-
-type inertConfigs struct{}
-
-func (inertConfigs) Get(string) (*api.Config, error) { return nil, nil }
-func (inertConfigs) Add(...api.Config)               {}
-func (inertConfigs) Remove([]string)                 {}
-func (inertConfigs) Reset()                          {}
-
-type inertVolumes struct{}
-
-func (inertVolumes) Get(string) (string, error)                  { return "", nil }
-func (inertVolumes) Add(...api.VolumeAssignment)                 {}
-func (inertVolumes) Remove([]api.VolumeAssignment, func(string)) {}
-func (inertVolumes) Plugins() exec.VolumePluginManager           { return inertVolumePlugins{} }
-
-type inertVolumePlugins struct{}
-
-func (inertVolumePlugins) NodeInfo(context.Context) ([]*api.NodeCSIInfo, error) { return nil, nil }

@@ -5,12 +5,11 @@ package plugin
 import (
 	"context"
 	"errors"
-	"net"
-	"strings"
-	"syscall"
+	"reflect"
 
 	cerrdefs "github.com/containerd/errdefs"
-	"github.com/moby/swarmkit/v2/agent/exec"
+
+	"github.com/seed-e85c93d5/plugin/mobyv2/internal/errs"
 )
 
 // The errors a Controller returns. Their messages are upstream's words, so
@@ -24,30 +23,30 @@ var (
 	// service, or by a standalone "docker plugin install"). The Controller
 	// never touches such a plugin. Classified conflict. The returned error
 	// reads "plugin already exists: NAME".
-	ErrPluginExists error = &classError{msg: "plugin already exists", class: cerrdefs.ErrConflict}
+	ErrPluginExists error = errs.New("plugin already exists", cerrdefs.ErrConflict)
 
 	// ErrPluginRemoved: Wait saw the plugin removed. Classified not found.
-	ErrPluginRemoved error = &classError{msg: "plugin removed", class: cerrdefs.ErrNotFound}
+	ErrPluginRemoved error = errs.New("plugin removed", cerrdefs.ErrNotFound)
 
 	// ErrPluginEnabled: Wait saw the plugin enabled although the spec says
 	// disabled. Classified failed precondition.
-	ErrPluginEnabled error = &classError{msg: "plugin enabled", class: cerrdefs.ErrFailedPrecondition}
+	ErrPluginEnabled error = errs.New("plugin enabled", cerrdefs.ErrFailedPrecondition)
 
 	// ErrPluginDisabled: Wait saw the plugin disabled although the spec says
 	// enabled. Classified failed precondition.
-	ErrPluginDisabled error = &classError{msg: "plugin disabled", class: cerrdefs.ErrFailedPrecondition}
+	ErrPluginDisabled error = errs.New("plugin disabled", cerrdefs.ErrFailedPrecondition)
 
 	// ErrMismatchedState: when Wait began, the plugin's state did not match
 	// the spec (Start has not run, or someone changed it since). Classified
 	// failed precondition.
-	ErrMismatchedState error = &classError{msg: "mismatched plugin state", class: cerrdefs.ErrFailedPrecondition}
+	ErrMismatchedState error = errs.New("mismatched plugin state", cerrdefs.ErrFailedPrecondition)
 
 	// ErrInvalidSpec: the task does not carry a usable plugin spec (no
 	// task, not a generic "plugin" runtime, an undecodable payload, or a
 	// remote that is not a valid reference). Classified invalid
 	// argument; the wrapped cause, if any, stays reachable with errors.Is
 	// and errors.As.
-	ErrInvalidSpec error = &classError{msg: "invalid plugin spec", class: cerrdefs.ErrInvalidArgument}
+	ErrInvalidSpec error = errs.New("invalid plugin spec", cerrdefs.ErrInvalidArgument)
 
 	// ErrPluginInUse: the spec says Disabled while references other than
 	// this service's tasks hold the plugin, for example a volume created on
@@ -57,7 +56,7 @@ var (
 	// plugin once they let go. (A new remote or a settable env value is
 	// applied under such references, as stock dockerd does: force-disable,
 	// change, enable.) Classified conflict.
-	ErrPluginInUse error = &classError{msg: "plugin is in use", class: cerrdefs.ErrConflict}
+	ErrPluginInUse error = errs.PluginInUse
 
 	// ErrIncorrectPrivileges: the privileges the plugin's config requires
 	// are not exactly the ones the task's spec grants (the service's
@@ -72,7 +71,7 @@ var (
 	// docker/docker v28 Manager accepts some of these grants
 	// (CVE-2026-33997); the Controller refuses them itself. Classified
 	// permission denied.
-	ErrIncorrectPrivileges error = &classError{msg: "incorrect privileges", class: cerrdefs.ErrPermissionDenied}
+	ErrIncorrectPrivileges error = errs.New("incorrect privileges", cerrdefs.ErrPermissionDenied)
 
 	// ErrPluginNotAnswering: the plugin is enabled but does not answer its
 	// protocol (see WithHealthCheck). Start returns it temporary while the
@@ -81,175 +80,78 @@ var (
 	// threshold of misses in a row, and the next task's Start restarts the
 	// plugin. The message names the probe and its last answer. Classified
 	// unavailable.
-	ErrPluginNotAnswering error = &classError{msg: "plugin does not answer", class: cerrdefs.ErrUnavailable}
+	ErrPluginNotAnswering error = errs.New("plugin does not answer", cerrdefs.ErrUnavailable)
 
 	// ErrTaskRemoved: a lifecycle method was called after Remove released
 	// the task's reference. Classified failed precondition.
-	ErrTaskRemoved error = &classError{msg: "plugin task already removed", class: cerrdefs.ErrFailedPrecondition}
+	ErrTaskRemoved error = errs.New("plugin task already removed", cerrdefs.ErrFailedPrecondition)
 
 	// errNilBackend: New was given no Backend, or a typed nil one.
 	// Classified invalid argument.
-	errNilBackend error = &classError{msg: "plugin controller needs a backend, got nil", class: cerrdefs.ErrInvalidArgument}
+	errNilBackend error = errs.New("plugin controller needs a backend, got nil", cerrdefs.ErrInvalidArgument)
 
 	// errEventsClosed: the Backend closed the event stream a Wait was
 	// reading. Wait returns it temporary, so swarmkit waits again.
 	// Classified unavailable.
-	errEventsClosed error = &classError{msg: "plugin event stream closed by the backend", class: cerrdefs.ErrUnavailable}
+	errEventsClosed error = errs.New("plugin event stream closed by the backend", cerrdefs.ErrUnavailable)
 
 	// errRestartSafe: RestartSafe was given a nil executor or backend, or
 	// no directory. Classified invalid argument.
-	errRestartSafe error = &classError{msg: "plugin.RestartSafe", class: cerrdefs.ErrInvalidArgument}
+	errRestartSafe error = errs.New("plugin.RestartSafe", cerrdefs.ErrInvalidArgument)
 
 	// errBackend: the Backend answered with something that cannot be
 	// right (a nil plugin without an error, an empty ID, a nil event
 	// channel). Classified internal.
-	errBackend error = &classError{msg: "plugin backend returned an invalid result", class: cerrdefs.ErrInternal}
+	errBackend error = errs.Backend
 )
 
-// classError is a sentinel with a fixed message that also matches its
-// errdefs class under errors.Is.
-type classError struct {
-	msg   string
-	class error
-}
-
-func (e *classError) Error() string { return e.msg }
-func (e *classError) Unwrap() error { return e.class }
-
-// wrapError joins a sentinel with a cause: the message is "SENTINEL: detail"
-// (or "SENTINEL: detail: cause"), and errors.Is / errors.As reach both the
-// sentinel (and so its class) and the cause.
-type wrapError struct {
-	sentinel error
-	detail   string
-	cause    error
-}
-
-func (e *wrapError) Error() string {
-	var b strings.Builder
-	b.WriteString(e.sentinel.Error())
-	if e.detail != "" {
-		b.WriteString(": ")
-		b.WriteString(e.detail)
-	}
-	if e.cause != nil {
-		b.WriteString(": ")
-		b.WriteString(e.cause.Error())
-	}
-	return b.String()
-}
-
-func (e *wrapError) Unwrap() []error {
-	if e.cause == nil {
-		return []error{e.sentinel}
-	}
-	return []error{e.sentinel, e.cause}
-}
-
+// withDetail, classify, hasClass and isTransient are package errs' Detail,
+// Classify, HasClass and IsTransient.
 func withDetail(sentinel error, detail string, cause error) error {
-	return &wrapError{sentinel: sentinel, detail: detail, cause: cause}
+	return errs.Detail(sentinel, detail, cause)
 }
 
-// causeError adds context to a cause while keeping the cause's message
-// last, like fmt.Errorf("%s: %w"), and adds an errdefs class only when the
-// cause has none of its own.
-type causeError struct {
-	msg   string
-	cause error
-	class error // nil: the cause's own class (if any) shows through
-}
+func classify(op string, err error) error { return errs.Classify(op, err) }
 
-func (e *causeError) Error() string { return e.msg + ": " + e.cause.Error() }
+func hasClass(err error) bool { return errs.HasClass(err) }
 
-func (e *causeError) Unwrap() []error {
-	if e.class == nil {
-		return []error{e.cause}
+func isTransient(err error) bool { return errs.IsTransient(err) }
+
+// stepError makes the error of a step that ends because its ctx is done
+// tell swarmkit's exec.Do to retry, whatever the Backend wrapped around
+// ctx's error: exec.Do retries an error whose errors.Cause is
+// context.Canceled or DeadlineExceeded, and errors.Cause follows only
+// Cause methods. errors.Is still reaches both err and ctx's error.
+func stepError(ctx context.Context, err error) error {
+	if err == nil || ctx.Err() == nil {
+		return err
 	}
-	return []error{e.cause, e.class}
+	var done *ctxDoneError
+	if errors.As(err, &done) || err == ctx.Err() {
+		return err
+	}
+	return &ctxDoneError{err: err, ctxErr: ctx.Err()}
 }
 
-// classify wraps err, an error from the Backend or from the registry-auth
-// function during op, keeping it reachable with errors.Is / errors.As, and
-// makes it temporary when retrying can help (see isTransient), so that
-// swarmkit's exec.Do retries the step in place instead of failing the
-// task. An error without an errdefs class of its own (the Manager's
-// "incorrect privileges", say) is classified unknown, so every error a
-// Controller returns has a class.
-func classify(op string, err error) error {
-	wrapped := &causeError{msg: op, cause: err}
-	if !hasClass(err) {
-		wrapped.class = cerrdefs.ErrUnknown
-	}
-	if isTransient(err) {
-		return exec.MakeTemporary(wrapped)
-	}
-	return wrapped
+// ctxDoneError is the error of a step cut short by its context.
+type ctxDoneError struct {
+	err    error
+	ctxErr error
 }
 
-// hasClass reports whether err belongs to one of the errdefs classes.
-func hasClass(err error) bool {
-	for _, is := range []func(error) bool{
-		cerrdefs.IsCanceled, cerrdefs.IsUnknown, cerrdefs.IsInvalidArgument, cerrdefs.IsDeadlineExceeded,
-		cerrdefs.IsNotFound, cerrdefs.IsAlreadyExists, cerrdefs.IsPermissionDenied, cerrdefs.IsResourceExhausted,
-		cerrdefs.IsFailedPrecondition, cerrdefs.IsConflict, cerrdefs.IsNotModified, cerrdefs.IsAborted,
-		cerrdefs.IsOutOfRange, cerrdefs.IsNotImplemented, cerrdefs.IsInternal, cerrdefs.IsUnavailable,
-		cerrdefs.IsDataLoss, cerrdefs.IsUnauthorized,
-	} {
-		if is(err) {
-			return true
-		}
-	}
-	return false
-}
+func (e *ctxDoneError) Error() string   { return e.err.Error() }
+func (e *ctxDoneError) Cause() error    { return e.ctxErr }
+func (e *ctxDoneError) Unwrap() []error { return []error{e.err, e.ctxErr} }
 
-// transientPhrases are failures of the network or of a registry that some
-// layers of moby only report as text (the distribution code flattens many
-// errors into strings before the Manager returns them).
-var transientPhrases = []string{
-	"connection refused",
-	"connection reset by peer",
-	"i/o timeout",
-	"no such host",
-	"tls handshake timeout",
-	"too many requests",
-	"toomanyrequests",
-	"service unavailable",
-	"503 service unavailable",
-	"502 bad gateway",
-	"504 gateway timeout",
-	"unexpected eof",
-}
-
-// isTransient reports whether err is worth retrying: the backend says so
-// (exec.Temporary), its errdefs class is Unavailable, DeadlineExceeded or
-// Aborted, it is a network timeout or a refused or reset connection, or its
-// text names such a failure. Conflicts, invalid arguments, missing images,
-// privilege mismatches and anything unknown are permanent.
-func isTransient(err error) bool {
-	if err == nil {
-		return false
-	}
-	if exec.IsTemporary(err) || cerrdefs.IsUnavailable(err) || cerrdefs.IsDeadlineExceeded(err) || cerrdefs.IsAborted(err) {
+// isNil reports whether b is nil or an interface holding a nil pointer,
+// map, slice, func or channel, which would fail at its first call.
+func isNil(b any) bool {
+	if b == nil {
 		return true
 	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		return true
-	}
-	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ETIMEDOUT) {
-		return true
-	}
-	var nerr net.Error
-	if errors.As(err, &nerr) && nerr.Timeout() {
-		return true
-	}
-	if cerrdefs.IsNotFound(err) || cerrdefs.IsInvalidArgument(err) || cerrdefs.IsConflict(err) || cerrdefs.IsPermissionDenied(err) || cerrdefs.IsUnauthorized(err) {
-		return false
-	}
-	msg := strings.ToLower(err.Error())
-	for _, p := range transientPhrases {
-		if strings.Contains(msg, p) {
-			return true
-		}
+	switch v := reflect.ValueOf(b); v.Kind() {
+	case reflect.Pointer, reflect.Map, reflect.Slice, reflect.Func, reflect.Chan:
+		return v.IsNil()
 	}
 	return false
 }

@@ -1,101 +1,32 @@
-package plugin_test
-
-// Restart safety and leave under the faults of swarmkit's real calling
-// patterns (issue 24): a Remove whose context a leave has cancelled, a
-// sweep that must not hold up swarmkit's worker, a node that leaves without
-// its agent ever running again, a shutdown in the middle of a sweep, an
-// unreadable record.
+package restart_test
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
-	"github.com/distribution/reference"
-	"github.com/docker/docker/api/types"
-	"github.com/docker/docker/api/types/backend"
-	"github.com/docker/docker/api/types/registry"
-	"github.com/docker/docker/api/types/swarm/runtime"
 	mobyplugin "github.com/docker/docker/plugin"
-	"github.com/moby/swarmkit/v2/agent/exec"
-	"gotest.tools/v3/assert"
+
 	is "gotest.tools/v3/assert/cmp"
 
 	plugin "github.com/seed-e85c93d5/plugin"
+
+	"github.com/docker/docker/api/types/backend"
+	"github.com/docker/docker/api/types/swarm/runtime"
+	"github.com/moby/swarmkit/v2/agent/exec"
 	"github.com/seed-e85c93d5/plugin/internal/keptplugins"
+	"github.com/seed-e85c93d5/plugin/internal/restart"
 	"github.com/seed-e85c93d5/plugin/plugintest"
+	"gotest.tools/v3/assert"
 )
 
-// At a leave, swarmkit calls Remove with the agent's context, which the
-// node cancels as soon as the task managers close, and never again: a
-// Remove with a done context still removes the plugin, every time.
-func TestRemoveWithADoneContextStillRemoves(t *testing.T) {
-	done, cancel := context.WithCancel(context.Background())
-	cancel()
-	left := 0
-	for i := range 40 {
-		b := plugintest.NewBackend()
-		c := started(t, context.Background(), b, fmt.Sprintf("task-%d", i), spec(remote, false))
-		if err := c.Remove(done); err != nil {
-			t.Logf("Remove: %v", err)
-		}
-		if _, _, found := state(t, b, name); found {
-			left++
-		}
-	}
-	assert.Equal(t, left, 0, "Removes with a done context left the plugin installed")
-}
-
-// collider is a plugin name whose lock stripe, in the 64 stripes of
-// FNV-1a that the plugin locks used to be, is vol's: unrelated plugins
-// shared a lock then.
-func collider(t *testing.T) string {
-	t.Helper()
-	stripe := func(key string) uint32 {
-		h := uint32(2166136261)
-		for i := 0; i < len(key); i++ {
-			h ^= uint32(key[i])
-			h *= 16777619
-		}
-		return h % 64
-	}
-	for i := range 10000 {
-		n := fmt.Sprintf("other%d", i)
-		if stripe(n+":latest") == stripe("vol:latest") {
-			return n
-		}
-	}
-	t.Fatal("no collider")
-	return ""
-}
-
-// An unrelated plugin's pull that stalls (a hung registry) holds up neither
-// a Remove with a done context nor the removal of a kept plugin.
-func TestUnrelatedPluginsShareNoLock(t *testing.T) {
-	ctx := context.Background()
-	fake := plugintest.NewBackend()
-	b := &heldPull{Backend: fake, held: make(chan struct{}), release: make(chan struct{})}
-	c := started(t, ctx, fake, "task-1", spec(remote, false))
-
-	other := newController(t, b, "task-2", runtime.PluginSpec{Name: collider(t), Remote: remote2})
-	pulled := make(chan error, 1)
-	go func() { pulled <- other.Prepare(ctx) }()
-	<-b.held
-	t.Cleanup(func() {
-		close(b.release)
-		assert.Check(t, result(t, pulled))
-	})
-
-	done, cancel := context.WithCancel(ctx)
-	cancel()
-	assert.Check(t, c.Remove(done))
-	_, _, found := state(t, fake, name)
-	assert.Check(t, !found, "the stalled pull of another plugin kept vol installed")
-}
+// Restart safety under the faults of swarmkit's real calling patterns
+// (issue 24): a sweep that must not hold up swarmkit's worker, a node that
+// leaves without its agent ever running again, a shutdown in the middle of
+// a sweep, an unreadable record.
 
 // blockingRemove holds the Backend's Remove of the plugin until release is
 // closed, and closes entered once it holds one.
@@ -135,7 +66,7 @@ func TestCompleteSetNeverWaitsForARemoval(t *testing.T) {
 		t.Fatal("swarmkit's worker waited for the Backend's Remove of a kept plugin")
 	}
 	close(b.release)
-	plugin.WaitSweep(dir)
+	restart.WaitSweep(dir)
 	n.assertPlugin(fake, false, false, "the sweep removed the plugin and its record")
 }
 
@@ -223,7 +154,7 @@ func TestShutdownDuringTheSweepKeepsTheRecord(t *testing.T) {
 	<-b.entered
 	shut := make(chan struct{})
 	go func() { defer close(shut); plugin.ShuttingDown(dir) }()
-	waitForStack(t, "(*restartGuard).stopSweep")
+	waitForStack(t, "(*Guard).stopSweep")
 	close(b.release)
 	<-shut
 	assert.NilError(t, resumed.Close()) // the daemon exits before the task's Remove
@@ -262,6 +193,3 @@ func TestRestartSetsAnUnreadableRecordAside(t *testing.T) {
 	_, _, found := state(t, b, name)
 	assert.Check(t, found, "the plugins it listed stay installed")
 }
-
-// privilegesUnused keeps the imports of the shared helpers honest.
-var _ = []any{reference.ParseNormalizedNamed, types.PluginPrivileges{}, registry.AuthConfig{}}
