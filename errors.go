@@ -43,7 +43,7 @@ var (
 	// remote that is not a valid reference). Classified invalid
 	// argument; the wrapped cause, if any, stays reachable with errors.Is
 	// and errors.As.
-	ErrInvalidSpec error = errs.New("invalid plugin spec", cerrdefs.ErrInvalidArgument)
+	ErrInvalidSpec error = errs.InvalidSpec
 
 	// ErrPluginInUse: the spec says Disabled while references other than
 	// this service's tasks hold the plugin, for example a volume created on

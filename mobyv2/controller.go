@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,6 +28,7 @@ import (
 	swarmlog "github.com/moby/swarmkit/v2/log"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/seed-e85c93d5/plugin/mobyv2/internal/env"
 	"github.com/seed-e85c93d5/plugin/mobyv2/internal/health"
 	"github.com/seed-e85c93d5/plugin/mobyv2/internal/pluginspec"
 	"github.com/seed-e85c93d5/plugin/mobyv2/internal/privileges"
@@ -61,7 +61,7 @@ const DefaultEnableTimeout = 30 * time.Second
 // exec.ErrControllerClosed.
 type Controller struct {
 	backend Backend
-	d       *decodedSpec // the spec (Name defaulted) and parsed remote; shared, never modified
+	d       *pluginspec.Task // the spec (Name defaulted) and parsed remote; shared, never modified
 	taskID  string
 	holder  string // the task's key in the holder table: its ID, or one of this Controller's own for a task without an ID
 	service string
@@ -222,7 +222,7 @@ func New(backend Backend, t *api.Task, opts ...Option) (*Controller, error) {
 	if isNil(backend) {
 		return nil, errNilBackend
 	}
-	d, err := readSpec(t)
+	d, err := pluginspec.Read(t)
 	if err != nil {
 		return nil, err
 	}
@@ -258,88 +258,6 @@ func holderKey(taskID string) string {
 
 var untasked atomic.Uint64
 
-// readSpec decodes and validates the plugin spec a task carries and parses
-// its remote; it defaults Name to the remote, as upstream's Prepare does.
-func readSpec(t *api.Task) (*decodedSpec, error) {
-	if t == nil {
-		return nil, withDetail(ErrInvalidSpec, "nil task", nil)
-	}
-	generic := t.Spec.GetGeneric()
-	if generic == nil {
-		return nil, withDetail(ErrInvalidSpec, fmt.Sprintf("task %s: runtime %s is not a generic plugin runtime", t.ID, runtimeName(t.Spec.Runtime)), nil)
-	}
-	if !strings.EqualFold(generic.Kind, RuntimeKind) {
-		return nil, withDetail(ErrInvalidSpec, fmt.Sprintf("task %s: generic runtime kind %q is not %q", t.ID, generic.Kind, RuntimeKind), nil)
-	}
-	if generic.Payload == nil {
-		return nil, withDetail(ErrInvalidSpec, fmt.Sprintf("task %s: generic runtime has no payload", t.ID), nil)
-	}
-	if d, ok := specs.Get(generic.Payload.Value); ok {
-		return d, nil
-	}
-	decoded, err := pluginspec.Decode(generic.Payload.Value)
-	if err != nil {
-		return nil, withDetail(ErrInvalidSpec, "error reading plugin spec", err)
-	}
-	spec := *decoded
-	remote, err := reference.ParseNormalizedNamed(spec.Remote)
-	if err != nil {
-		return nil, withDetail(ErrInvalidSpec, fmt.Sprintf("error parsing remote reference %q", spec.Remote), err)
-	}
-	if spec.Name == "" {
-		spec.Name = defaultName(remote)
-	}
-	// A bad Name is left to the Backend, which refuses it (invalid
-	// argument) at Pull, as upstream.
-	d := &decodedSpec{spec: spec, remote: remote, familiar: reference.FamiliarString(remote), pluginKey: refs.Key(spec.Name)}
-	specs.Put(generic.Payload.Value, d)
-	return d, nil
-}
-
-// specs caches decoded payloads: every task of a service on a node (one per
-// restart, per node, per rollback) carries the same payload, so it is
-// decoded and parsed once. Entries are never modified after they are
-// stored; the Controller only reads its spec.
-var specs pluginspec.Cache[*decodedSpec]
-
-type decodedSpec struct {
-	spec   swarm.RuntimeSpec
-	remote reference.Named
-	// familiar is remote as users write it ("vieux/sshfs:latest"), for
-	// log lines and errors.
-	familiar string
-	// pluginKey is the name as the Manager stores it ("vol:latest" for
-	// "vol" and "docker.io/library/vol"): it picks the plugin's lock.
-	pluginKey string
-}
-
-// defaultName is the plugin name for a spec without one: the remote, as
-// upstream, except that a remote pinned by digest names the plugin by its
-// repository and tag alone ("example.com/vol:1" for
-// "example.com/vol:1@sha256:..."). The Manager stores a plugin under the
-// name it is pulled as but cannot look up a name with a digest
-// ("canonical references cannot be resolved"), so a digest in the name
-// would install a plugin that no later step could find.
-func defaultName(remote reference.Named) string {
-	if _, pinned := remote.(reference.Canonical); !pinned {
-		return remote.String()
-	}
-	name := reference.TrimNamed(remote)
-	if tagged, ok := remote.(reference.Tagged); ok {
-		if withTag, err := reference.WithTag(name, tagged.Tag()); err == nil {
-			return withTag.String()
-		}
-	}
-	return name.String()
-}
-
-func runtimeName(r any) string {
-	if r == nil || reflect.ValueOf(r).IsNil() {
-		return "<none>"
-	}
-	return fmt.Sprintf("%T", r)
-}
-
 // log writes one line at level with the task's fields and extra, given as
 // key, value pairs. It builds nothing when the level is disabled (the
 // values are boxed only once the line is known to be written), so the
@@ -366,7 +284,7 @@ func (p *Controller) log(ctx context.Context, level log.Level, msg string, extra
 	if _, ok := l.Data["service.id"]; !ok {
 		fields["service"] = p.service
 	}
-	fields["plugin"] = p.d.spec.Name
+	fields["plugin"] = p.d.Spec.Name
 	if id := p.boundID(); id != "" {
 		fields["plugin.id"] = id
 	}
@@ -469,7 +387,7 @@ func (p *Controller) Prepare(ctx context.Context) (err error) {
 	defer unlock()
 	p.debug(ctx, "Prepare")
 
-	pl, err := p.bind(p.d.spec.Name)
+	pl, err := p.bind(p.d.Spec.Name)
 	if err == nil {
 		return p.prepareExisting(ctx, pl)
 	}
@@ -484,26 +402,26 @@ func (p *Controller) Prepare(ctx context.Context) (err error) {
 	if err := p.checkRemoteGrant(ctx, auth); err != nil {
 		return err
 	}
-	privs := convertPrivileges(p.d.spec.Privileges)
-	if err := p.backend.Pull(ctx, p.d.remote, p.d.spec.Name, nil, auth, privs, p.opts.progress,
-		plugin.WithSwarmService(p.service), plugin.WithEnv(p.d.spec.Env)); err != nil {
+	privs := convertPrivileges(p.d.Spec.Privileges)
+	if err := p.backend.Pull(ctx, p.d.Remote, p.d.Spec.Name, nil, auth, privs, p.opts.progress,
+		plugin.WithSwarmService(p.service), plugin.WithEnv(p.d.Spec.Env)); err != nil {
 		if cerrdefs.IsConflict(err) || cerrdefs.IsAlreadyExists(err) {
 			// Installed between our Get and Pull (by another task of this
 			// service, or by someone else): retry, and the next Prepare
 			// takes the existing-plugin path with its ownership check.
-			return exec.MakeTemporary(classify(fmt.Sprintf("error pulling plugin %s", p.d.spec.Name), err))
+			return exec.MakeTemporary(classify(fmt.Sprintf("error pulling plugin %s", p.d.Spec.Name), err))
 		}
 		if isIncorrectPrivileges(err) {
-			return withDetail(ErrIncorrectPrivileges, fmt.Sprintf("the backend refused the service's grant for plugin %s from %s", p.d.spec.Name, p.d.familiar), err)
+			return withDetail(ErrIncorrectPrivileges, fmt.Sprintf("the backend refused the service's grant for plugin %s from %s", p.d.Spec.Name, p.d.Familiar), err)
 		}
-		return classify(fmt.Sprintf("error pulling plugin %s from %s", p.d.spec.Name, p.d.familiar), err)
+		return classify(fmt.Sprintf("error pulling plugin %s from %s", p.d.Spec.Name, p.d.Familiar), err)
 	}
-	pl, err = p.bind(p.d.spec.Name)
+	pl, err = p.bind(p.d.Spec.Name)
 	if err != nil {
 		if notInstalled(err) {
 			// Removed between our Pull and bind, or a Backend that cannot
 			// find what it just installed: say so, and pull again.
-			return exec.MakeTemporary(fmt.Errorf("plugin %s not found right after a successful pull: %w", p.d.spec.Name, err))
+			return exec.MakeTemporary(fmt.Errorf("plugin %s not found right after a successful pull: %w", p.d.Spec.Name, err))
 		}
 		return err
 	}
@@ -513,7 +431,7 @@ func (p *Controller) Prepare(ctx context.Context) (err error) {
 		p.unpull(ctx, pl, err)
 		return err
 	}
-	p.log(ctx, log.InfoLevel, "plugin pulled", "remote", p.d.familiar)
+	p.log(ctx, log.InfoLevel, "plugin pulled", "remote", p.d.Familiar)
 	return nil
 }
 
@@ -527,43 +445,31 @@ func (p *Controller) checkRemoteGrant(ctx context.Context, auth *registry.AuthCo
 	if !ok {
 		return nil
 	}
-	required, err := pr.Privileges(ctx, p.d.remote, nil, auth)
+	required, err := pr.Privileges(ctx, p.d.Remote, nil, auth)
 	if err != nil {
-		return classify(fmt.Sprintf("error fetching the privileges of plugin %s from %s", p.d.spec.Name, p.d.familiar), err)
+		return classify(fmt.Sprintf("error fetching the privileges of plugin %s from %s", p.d.Spec.Name, p.d.Familiar), err)
 	}
-	if len(required) == 0 && len(p.d.spec.Privileges) > 0 {
+	if len(required) == 0 && len(p.d.Spec.Privileges) > 0 {
 		p.debug(ctx, "the backend tells no privileges for the remote (or could not fetch them); checking the installed config instead")
 		return nil
 	}
-	return p.grantError(fmt.Sprintf("plugin %s from %s", p.d.spec.Name, p.d.familiar), required)
+	return p.grantError(fmt.Sprintf("plugin %s from %s", p.d.Spec.Name, p.d.Familiar), required)
 }
 
 // checkInstalledGrant compares the privileges pl's installed config
 // requires with the spec's grant.
 func (p *Controller) checkInstalledGrant(pl *v2.Plugin) error {
-	return p.grantError(fmt.Sprintf("plugin %s as installed from %s", p.d.spec.Name, pl.PluginObj.PluginReference),
+	return p.grantError(fmt.Sprintf("plugin %s as installed from %s", p.d.Spec.Name, pl.PluginObj.PluginReference),
 		privileges.Required(pl.PluginObj.Config))
 }
 
 // grantError returns ErrIncorrectPrivileges, naming what differs, unless
 // required is exactly the spec's grant.
 func (p *Controller) grantError(what string, required plugintypes.Privileges) error {
-	missing, extra := privileges.Diff(required, convertPrivileges(p.d.spec.Privileges))
-	if len(missing) == 0 && len(extra) == 0 {
-		return nil
+	if diff := privileges.Mismatch(required, convertPrivileges(p.d.Spec.Privileges)); diff != "" {
+		return withDetail(ErrIncorrectPrivileges, what+" requires other privileges than the service grants; "+diff, nil)
 	}
-	var b strings.Builder
-	b.WriteString(what)
-	b.WriteString(" requires other privileges than the service grants")
-	if len(missing) > 0 {
-		b.WriteString("; required, not granted: ")
-		b.WriteString(privileges.Format(missing))
-	}
-	if len(extra) > 0 {
-		b.WriteString("; granted, not required: ")
-		b.WriteString(privileges.Format(extra))
-	}
-	return withDetail(ErrIncorrectPrivileges, b.String(), nil)
+	return nil
 }
 
 // isIncorrectPrivileges reports whether err is the Manager's refusal of a
@@ -596,13 +502,13 @@ func (p *Controller) unpull(ctx context.Context, pl *v2.Plugin, why error) {
 func (p *Controller) prepareExisting(ctx context.Context, pl *v2.Plugin) error {
 	wasEnabled := pl.IsEnabled()
 	others := p.otherReferences(pl)
-	if p.d.spec.Disabled && wasEnabled && others > 0 {
+	if p.d.Spec.Disabled && wasEnabled && others > 0 {
 		return p.inUse(others, "match the spec")
 	}
-	_, pinned := p.d.remote.(reference.Canonical)
-	sameRemote := pl.PluginObj.PluginReference == p.d.remote.String()
+	_, pinned := p.d.Remote.(reference.Canonical)
+	sameRemote := pl.PluginObj.PluginReference == p.d.Remote.String()
 	upgrade := !pinned || !sameRemote
-	var env []string
+	var toSet []string
 	var auth *registry.AuthConfig
 	if upgrade {
 		var err error
@@ -624,7 +530,7 @@ func (p *Controller) prepareExisting(ctx context.Context, pl *v2.Plugin) error {
 		if err := p.checkInstalledGrant(pl); err != nil {
 			return err
 		}
-		if env = p.envToSet(ctx, pl); len(env) == 0 {
+		if toSet = p.envToSet(ctx, pl); len(toSet) == 0 {
 			p.debug(ctx, "plugin already at the remote's manifest with the spec's env; nothing to do")
 			return nil
 		}
@@ -633,7 +539,7 @@ func (p *Controller) prepareExisting(ctx context.Context, pl *v2.Plugin) error {
 	if err := p.forceDisable(ctx, pl, others); err != nil {
 		return err
 	}
-	err := p.changeDisabled(ctx, pl, upgrade, auth, env)
+	err := p.changeDisabled(ctx, pl, upgrade, auth, toSet)
 	switch {
 	case err != nil && errors.Is(err, ErrIncorrectPrivileges):
 		// Only the upgraded config showed it (the registry served other
@@ -659,9 +565,9 @@ func (p *Controller) remoteChanged(ctx context.Context, auth *registry.AuthConfi
 	var err error
 	switch b := p.backend.(type) {
 	case ManifestResolver:
-		d, err = b.ResolveManifest(ctx, p.d.remote, auth)
+		d, err = b.ResolveManifest(ctx, p.d.Remote, auth)
 	case *plugin.Manager:
-		d, err = remotedigest.Resolve(ctx, reference.TagNameOnly(p.d.remote), auth, p.opts.hosts)
+		d, err = remotedigest.Resolve(ctx, reference.TagNameOnly(p.d.Remote), auth, p.opts.hosts)
 	default:
 		return true, nil
 	}
@@ -669,10 +575,10 @@ func (p *Controller) remoteChanged(ctx context.Context, auth *registry.AuthConfi
 	case err != nil && ctx.Err() != nil:
 		return false, ctx.Err()
 	case err != nil && sameRemote:
-		p.log(ctx, log.WarnLevel, "cannot check the remote for a new version; the installed version stays in service", "remote", p.d.familiar, "error", err.Error())
+		p.log(ctx, log.WarnLevel, "cannot check the remote for a new version; the installed version stays in service", "remote", p.d.Familiar, "error", err.Error())
 		return false, nil
 	case err != nil:
-		return false, exec.MakeTemporary(classify(fmt.Sprintf("cannot check plugin %s's new remote %s; the installed version stays in service", p.d.spec.Name, p.d.familiar), err))
+		return false, exec.MakeTemporary(classify(fmt.Sprintf("cannot check plugin %s's new remote %s; the installed version stays in service", p.d.Spec.Name, p.d.Familiar), err))
 	case sameRemote && d == pl.Manifest:
 		p.debug(ctx, "the remote names the installed manifest: no upgrade")
 		return false, nil
@@ -683,28 +589,28 @@ func (p *Controller) remoteChanged(ctx context.Context, auth *registry.AuthConfi
 // changeDisabled sets env on the disabled plugin pl, or, if upgrade is set,
 // upgrades it and then sets the env entries of the spec that the new
 // config lets it take.
-func (p *Controller) changeDisabled(ctx context.Context, pl *v2.Plugin, upgrade bool, auth *registry.AuthConfig, env []string) error {
+func (p *Controller) changeDisabled(ctx context.Context, pl *v2.Plugin, upgrade bool, auth *registry.AuthConfig, toSet []string) error {
 	if upgrade {
-		if err := p.backend.Upgrade(ctx, p.d.remote, p.d.spec.Name, nil, auth, convertPrivileges(p.d.spec.Privileges), p.opts.progress); err != nil {
+		if err := p.backend.Upgrade(ctx, p.d.Remote, p.d.Spec.Name, nil, auth, convertPrivileges(p.d.Spec.Privileges), p.opts.progress); err != nil {
 			if isIncorrectPrivileges(err) {
-				return withDetail(ErrIncorrectPrivileges, fmt.Sprintf("the backend refused the service's grant for plugin %s from %s", p.d.spec.Name, p.d.familiar), err)
+				return withDetail(ErrIncorrectPrivileges, fmt.Sprintf("the backend refused the service's grant for plugin %s from %s", p.d.Spec.Name, p.d.Familiar), err)
 			}
-			return classify(fmt.Sprintf("error upgrading plugin %s to %s", p.d.spec.Name, p.d.familiar), err)
+			return classify(fmt.Sprintf("error upgrading plugin %s to %s", p.d.Spec.Name, p.d.Familiar), err)
 		}
-		p.log(ctx, log.InfoLevel, "plugin upgraded", "remote", p.d.familiar)
+		p.log(ctx, log.InfoLevel, "plugin upgraded", "remote", p.d.Familiar)
 		if err := p.checkInstalledGrant(pl); err != nil {
 			return err
 		}
 		// The config is now the new remote's: decide from it.
-		env = p.envToSet(ctx, pl)
+		toSet = p.envToSet(ctx, pl)
 	}
-	if len(env) == 0 {
+	if len(toSet) == 0 {
 		return nil
 	}
-	if err := p.backend.(Setter).Set(pl.GetID(), env); err != nil {
-		return classify(fmt.Sprintf("error setting env of plugin %s", p.d.spec.Name), err)
+	if err := p.backend.(Setter).Set(pl.GetID(), toSet); err != nil {
+		return classify(fmt.Sprintf("error setting env of plugin %s", p.d.Spec.Name), err)
 	}
-	p.log(ctx, log.InfoLevel, "plugin env updated", "env.keys", fmt.Sprint(envKeys(env)))
+	p.log(ctx, log.InfoLevel, "plugin env updated", "env.keys", fmt.Sprint(env.Keys(toSet)))
 	return nil
 }
 
@@ -717,7 +623,7 @@ func (p *Controller) envToSet(ctx context.Context, pl *v2.Plugin) []string {
 	if _, ok := p.backend.(Setter); !ok {
 		return nil
 	}
-	settable, skipped := settableEnv(pl.PluginObj.Config.Env, lastPerKey(p.d.spec.Env))
+	settable, skipped := env.Settable(pl.PluginObj.Config.Env, env.LastPerKey(p.d.Spec.Env))
 	if len(skipped) > 0 {
 		p.mu.Lock()
 		warn := !p.envWarned
@@ -727,7 +633,7 @@ func (p *Controller) envToSet(ctx context.Context, pl *v2.Plugin) []string {
 			p.log(ctx, log.WarnLevel, "ignoring env entries the plugin cannot set: no KEY=VALUE form, or a key its config does not declare settable", "env.keys", fmt.Sprint(skipped))
 		}
 	}
-	return missingEnv(pl.PluginObj.Settings.Env, settable)
+	return env.Missing(pl.PluginObj.Settings.Env, settable)
 }
 
 // otherReferences counts the references on pl that are not held by this
@@ -738,8 +644,8 @@ func (p *Controller) otherReferences(pl *v2.Plugin) int {
 }
 
 func (p *Controller) inUse(others int, why string) error {
-	err := withDetail(ErrPluginInUse, fmt.Sprintf("%s has %d reference(s) besides service %s's tasks", p.d.spec.Name, others, p.service), nil)
-	return exec.MakeTemporary(fmt.Errorf("cannot disable plugin %s to %s: %w", p.d.spec.Name, why, err))
+	err := withDetail(ErrPluginInUse, fmt.Sprintf("%s has %d reference(s) besides service %s's tasks", p.d.Spec.Name, others, p.service), nil)
+	return exec.MakeTemporary(fmt.Errorf("cannot disable plugin %s to %s: %w", p.d.Spec.Name, why, err))
 }
 
 // forceDisable disables an enabled plugin so that it can be upgraded or
@@ -756,7 +662,7 @@ func (p *Controller) forceDisable(ctx context.Context, pl *v2.Plugin, others int
 		if !pl.IsEnabled() {
 			return nil // someone else disabled it meanwhile
 		}
-		return classify(fmt.Sprintf("cannot disable plugin %s to change it", p.d.spec.Name), err)
+		return classify(fmt.Sprintf("cannot disable plugin %s to change it", p.d.Spec.Name), err)
 	}
 	if others > 0 {
 		p.log(ctx, log.WarnLevel, "plugin disabled for a change while other users hold it", "references", strconv.Itoa(others))
@@ -781,9 +687,9 @@ func (p *Controller) authFor(ctx context.Context) (*registry.AuthConfig, error) 
 	if p.opts.auth == nil {
 		return &registry.AuthConfig{}, nil
 	}
-	cfg, err := p.opts.auth(ctx, p.d.remote)
+	cfg, err := p.opts.auth(ctx, p.d.Remote)
 	if err != nil {
-		return nil, classify(fmt.Sprintf("error getting registry credentials for %s", reference.Domain(p.d.remote)), err)
+		return nil, classify(fmt.Sprintf("error getting registry credentials for %s", reference.Domain(p.d.Remote)), err)
 	}
 	if cfg == nil {
 		cfg = &registry.AuthConfig{}
@@ -803,7 +709,7 @@ func (p *Controller) lookup(nameOrID string) (*v2.Plugin, error) {
 	case cerrdefs.IsNotFound(err):
 		return nil, err
 	case err != nil:
-		wrapped := classify(fmt.Sprintf("error looking up plugin %s", p.d.spec.Name), err)
+		wrapped := classify(fmt.Sprintf("error looking up plugin %s", p.d.Spec.Name), err)
 		if !hasClass(err) && !isTransient(err) {
 			return nil, &unclassifiedLookupError{wrapped}
 		}
@@ -855,7 +761,7 @@ func (p *Controller) bind(nameOrID string) (*v2.Plugin, error) {
 		return nil, err
 	}
 	if !p.owns(pl) {
-		return nil, withDetail(ErrPluginExists, p.d.spec.Name, nil)
+		return nil, withDetail(ErrPluginExists, p.d.Spec.Name, nil)
 	}
 	refs.Holders.AcquireLocked(pl, p.holder)
 	p.mu.Lock()
@@ -871,7 +777,7 @@ func (p *Controller) current() (*v2.Plugin, error) {
 	if id := p.boundID(); id != "" {
 		return p.bind(id)
 	}
-	return p.bind(p.d.spec.Name)
+	return p.bind(p.d.Spec.Name)
 }
 
 // begin starts a step that may bind or change the plugin: it takes opMu
@@ -883,7 +789,7 @@ func (p *Controller) begin(ctx context.Context) (unlock func(), err error) {
 		p.opMu.Unlock()
 		return nil, err
 	}
-	unlockPlugin, err := refs.Locks.Lock(ctx, p.d.pluginKey)
+	unlockPlugin, err := refs.Locks.Lock(ctx, p.d.Key)
 	if err != nil {
 		p.opMu.Unlock()
 		return nil, err
@@ -914,7 +820,7 @@ func (p *Controller) Start(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	if p.d.spec.Disabled {
+	if p.d.Spec.Disabled {
 		if !pl.IsEnabled() {
 			return nil
 		}
@@ -923,21 +829,21 @@ func (p *Controller) Start(ctx context.Context) (err error) {
 		}
 		return p.forceDisable(ctx, pl, 0)
 	}
-	if pl.IsEnabled() && notAnswering.take(pl.GetID()) {
+	if pl.IsEnabled() && health.NotAnswering.Take(pl.GetID()) {
 		// A task's Wait found it hung: restart it if it still does not
 		// answer, and only then.
 		if err := p.probe(ctx, pl); err != nil && !errors.Is(err, errNotProbed) {
 			p.log(ctx, log.WarnLevel, "plugin does not answer; restarting it", "probe", p.probeName(pl), "error", err.Error())
 			if err := p.backend.Disable(pl.GetID(), &backend.PluginDisableConfig{ForceDisable: true}); err != nil && pl.IsEnabled() {
-				notAnswering.mark(pl.GetID())
-				return classify(fmt.Sprintf("cannot restart plugin %s, which does not answer", p.d.spec.Name), err)
+				health.NotAnswering.Mark(pl.GetID())
+				return classify(fmt.Sprintf("cannot restart plugin %s, which does not answer", p.d.Spec.Name), err)
 			}
 		}
 	}
 	if !pl.IsEnabled() {
 		if err := p.backend.Enable(pl.GetID(), &backend.PluginEnableConfig{Timeout: p.enableTimeoutSeconds()}); err != nil {
 			if !pl.IsEnabled() {
-				return classify(fmt.Sprintf("error enabling plugin %s", p.d.spec.Name), err)
+				return classify(fmt.Sprintf("error enabling plugin %s", p.d.Spec.Name), err)
 			}
 			// enabled meanwhile, by another task of the service
 		} else {
@@ -967,9 +873,9 @@ func (p *Controller) ready(ctx context.Context, pl *v2.Plugin) error {
 		p.warming = now
 	}
 	if waited := now.Sub(p.warming); waited >= p.opts.enableTimeout {
-		return withDetail(ErrPluginNotAnswering, fmt.Sprintf("%s did not answer %s within the enable timeout (%s); last answer: %v", p.d.spec.Name, p.probeName(pl), p.opts.enableTimeout, err), nil)
+		return withDetail(ErrPluginNotAnswering, fmt.Sprintf("%s did not answer %s within the enable timeout (%s); last answer: %v", p.d.Spec.Name, p.probeName(pl), p.opts.enableTimeout, err), nil)
 	}
-	return exec.MakeTemporary(withDetail(ErrPluginNotAnswering, fmt.Sprintf("waiting for %s to answer %s: %v", p.d.spec.Name, p.probeName(pl), err), nil))
+	return exec.MakeTemporary(withDetail(ErrPluginNotAnswering, fmt.Sprintf("waiting for %s to answer %s: %v", p.d.Spec.Name, p.probeName(pl), err), nil))
 }
 
 // errNotProbed is probe's answer for a plugin it cannot ask: no socket
@@ -1011,31 +917,6 @@ func (p *Controller) probeName(pl *v2.Plugin) string {
 		return "the Backend's probe"
 	}
 	return health.Name(pl.GetTypes())
-}
-
-// notAnswering records the plugins that a task's Wait found not answering,
-// by ID, so that the next task's Start restarts such a plugin (if it still
-// does not answer) and no other.
-var notAnswering = pluginMarks{ids: make(map[string]struct{})}
-
-type pluginMarks struct {
-	mu  sync.Mutex
-	ids map[string]struct{}
-}
-
-func (m *pluginMarks) mark(id string) {
-	m.mu.Lock()
-	m.ids[id] = struct{}{}
-	m.mu.Unlock()
-}
-
-// take reports whether id was marked, and clears the mark.
-func (m *pluginMarks) take(id string) bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	_, ok := m.ids[id]
-	delete(m.ids, id)
-	return ok
 }
 
 func (p *Controller) enableTimeoutSeconds() int {
@@ -1097,12 +978,12 @@ func (p *Controller) Wait(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	if !p.d.spec.Disabled != pl.IsEnabled() {
+	if !p.d.Spec.Disabled != pl.IsEnabled() {
 		return ErrMismatchedState
 	}
 
 	var tick <-chan time.Time
-	if !p.d.spec.Disabled && p.opts.health.Interval > 0 {
+	if !p.d.Spec.Disabled && p.opts.health.Interval > 0 {
 		t := time.NewTicker(p.opts.health.Interval)
 		defer t.Stop()
 		tick = t.C
@@ -1128,22 +1009,22 @@ func (p *Controller) Wait(ctx context.Context) (err error) {
 				p.log(ctx, log.WarnLevel, "plugin did not answer its health check", "probe", p.probeName(pl), "misses", strconv.Itoa(misses), "error", err.Error())
 				continue
 			}
-			notAnswering.mark(id)
+			health.NotAnswering.Mark(id)
 			p.log(ctx, log.ErrorLevel, "plugin does not answer: failing the task; the next task restarts the plugin", "probe", p.probeName(pl), "misses", strconv.Itoa(misses), "error", err.Error())
-			return withDetail(ErrPluginNotAnswering, fmt.Sprintf("%s missed %d health checks in a row (%s); last answer: %v", p.d.spec.Name, misses, p.probeName(pl), err), nil)
+			return withDetail(ErrPluginNotAnswering, fmt.Sprintf("%s missed %d health checks in a row (%s); last answer: %v", p.d.Spec.Name, misses, p.probeName(pl), err), nil)
 		case e, ok := <-events:
 			if !ok {
 				return exec.MakeTemporary(errEventsClosed)
 			}
 			switch e.(type) {
 			case plugin.EventEnable:
-				if p.d.spec.Disabled {
+				if p.d.Spec.Disabled {
 					return ErrPluginEnabled
 				}
 			case plugin.EventRemove:
 				return ErrPluginRemoved
 			case plugin.EventDisable:
-				if !p.d.spec.Disabled {
+				if !p.d.Spec.Disabled {
 					return ErrPluginDisabled
 				}
 			}
@@ -1223,7 +1104,7 @@ func (p *Controller) Remove(ctx context.Context) (err error) {
 	// nothing retries it, so giving up here would leave the plugin behind.
 	// The holder is another step of the plugin, which ends when its own
 	// context does.
-	unlock, err := refs.Locks.Lock(context.WithoutCancel(ctx), p.d.pluginKey)
+	unlock, err := refs.Locks.Lock(context.WithoutCancel(ctx), p.d.Key)
 	if err != nil {
 		return err
 	}
@@ -1246,7 +1127,7 @@ func (p *Controller) Remove(ctx context.Context) (err error) {
 		p.mu.Lock()
 		p.pluginID, p.bound = pl.GetID(), nil
 		p.mu.Unlock()
-		return classify(fmt.Sprintf("error removing plugin %s", p.d.spec.Name), err)
+		return classify(fmt.Sprintf("error removing plugin %s", p.d.Spec.Name), err)
 	}
 	p.markRemoved()
 	p.log(ctx, log.InfoLevel, "plugin removed")
@@ -1261,7 +1142,7 @@ func (p *Controller) release(ctx context.Context, id string, bound *v2.Plugin) (
 	defer refs.Holders.Unlock()
 	nameOrID := id
 	if nameOrID == "" {
-		nameOrID = p.d.spec.Name
+		nameOrID = p.d.Spec.Name
 	}
 	pl, err := p.lookup(nameOrID)
 	if cerrdefs.IsNotFound(err) {
@@ -1338,77 +1219,6 @@ func convertPrivileges(ls []*swarm.RuntimePrivilege) plugintypes.Privileges {
 		out = append(out, pp)
 	}
 	return out
-}
-
-// settableEnv splits the spec's env entries into those moby's
-// v2.Plugin.Set accepts for a plugin whose config declares declared, and
-// the keys of the others: entries without "=" (Set would read them as a
-// key without a value), keys with a dot (Set reads NAME.FIELD), undeclared
-// keys and keys whose value is not settable.
-func settableEnv(declared []plugintypes.Env, env []string) (settable, skipped []string) {
-	for _, kv := range env {
-		k, _, ok := strings.Cut(kv, "=")
-		if ok && !strings.Contains(k, ".") && envSettable(declared, k) {
-			settable = append(settable, kv)
-		} else {
-			skipped = append(skipped, k)
-		}
-	}
-	return settable, skipped
-}
-
-func envSettable(declared []plugintypes.Env, key string) bool {
-	for _, e := range declared {
-		if e.Name == key {
-			// moby's isSettable: without a field named, exactly one
-			// settable field, and for env it must be "value".
-			return len(e.Settable) == 1 && e.Settable[0] == "value"
-		}
-	}
-	return false
-}
-
-// lastPerKey returns env with one entry per key, the last one, in the
-// order of those last entries: what moby's WithEnv leaves at install, so
-// that an unchanged spec with a repeated key never looks changed.
-func lastPerKey(env []string) []string {
-	last := make(map[string]int, len(env))
-	for i, kv := range env {
-		k, _, _ := strings.Cut(kv, "=")
-		last[k] = i
-	}
-	out := make([]string, 0, len(last))
-	for i, kv := range env {
-		if k, _, _ := strings.Cut(kv, "="); last[k] == i {
-			out = append(out, kv)
-		}
-	}
-	return out
-}
-
-// missingEnv returns the entries of want ("KEY=VALUE") that have is lacking.
-func missingEnv(have, want []string) []string {
-	set := make(map[string]bool, len(have))
-	for _, kv := range have {
-		set[kv] = true
-	}
-	var missing []string
-	for _, kv := range want {
-		if !set[kv] {
-			missing = append(missing, kv)
-		}
-	}
-	return missing
-}
-
-// envKeys returns the keys of env entries, for logging without values.
-func envKeys(env []string) []string {
-	keys := make([]string, 0, len(env))
-	for _, kv := range env {
-		k, _, _ := strings.Cut(kv, "=")
-		keys = append(keys, k)
-	}
-	return keys
 }
 
 // Restart safety: the daemon's entries. The mechanism is package
@@ -1532,8 +1342,8 @@ type controllerTask struct{ c *Controller }
 
 func (t *controllerTask) TaskID() string          { return t.c.taskID }
 func (t *controllerTask) Service() string         { return t.c.service }
-func (t *controllerTask) Name() string            { return t.c.d.spec.Name }
-func (t *controllerTask) Key() string             { return t.c.d.pluginKey }
+func (t *controllerTask) Name() string            { return t.c.d.Spec.Name }
+func (t *controllerTask) Key() string             { return t.c.d.Key }
 func (t *controllerTask) BoundID() string         { return t.c.boundID() }
 func (t *controllerTask) Owns(pl *v2.Plugin) bool { return t.c.owns(pl) }
 func (t *controllerTask) Closed() <-chan struct{} { return t.c.closedCh }

@@ -22,9 +22,11 @@ import (
 // (an errdefs error such as cerrdefs.ErrConflict) under errors.Is.
 func New(msg string, class error) error { return &classError{msg: msg, class: class} }
 
-// The sentinels package restart shares with package plugin, which exports
-// them as ErrPluginInUse and (unexported) its invalid-Backend error.
+// The sentinels package plugin shares with its internal packages; it
+// exports them as ErrInvalidSpec, ErrPluginInUse and (unexported) its
+// invalid-Backend error.
 var (
+	InvalidSpec = New("invalid plugin spec", cerrdefs.ErrInvalidArgument)
 	PluginInUse = New("plugin is in use", cerrdefs.ErrConflict)
 	Backend     = New("plugin backend returned an invalid result", cerrdefs.ErrInternal)
 )

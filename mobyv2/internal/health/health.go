@@ -26,6 +26,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
 	plugintypes "github.com/moby/moby/api/types/plugin"
@@ -172,4 +173,31 @@ func probeCSI(ctx context.Context, addr net.Addr) error {
 		return errors.New("csi.Identity/Probe: not ready")
 	}
 	return nil
+}
+
+// NotAnswering records the plugins, by ID, that a task's Wait found not
+// answering, so that the next task's Start restarts such a plugin (if it
+// still does not answer) and no other. Safe for concurrent use.
+var NotAnswering = &Marks{ids: make(map[string]struct{})}
+
+// Marks is a set of plugin IDs.
+type Marks struct {
+	mu  sync.Mutex
+	ids map[string]struct{}
+}
+
+// Mark adds id.
+func (m *Marks) Mark(id string) {
+	m.mu.Lock()
+	m.ids[id] = struct{}{}
+	m.mu.Unlock()
+}
+
+// Take reports whether id was marked, and clears the mark.
+func (m *Marks) Take(id string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, ok := m.ids[id]
+	delete(m.ids, id)
+	return ok
 }

@@ -137,6 +137,21 @@ func key(p plugintypes.Privilege) string {
 	return b.String()
 }
 
+// Mismatch says how granted differs from required, in the Manager's
+// words ("required, not granted: capabilities: [CAP_SYS_ADMIN]; granted,
+// not required: mount: [/tmp]"), or "" when it does not (see Diff).
+func Mismatch(required, granted plugintypes.Privileges) string {
+	missing, extra := Diff(required, granted)
+	var parts []string
+	if len(missing) > 0 {
+		parts = append(parts, "required, not granted: "+Format(missing))
+	}
+	if len(extra) > 0 {
+		parts = append(parts, "granted, not required: "+Format(extra))
+	}
+	return strings.Join(parts, "; ")
+}
+
 // Format writes privileges the way the docker CLI lists them, "NAME:
 // [VALUE ...]", joined by ", ", in the given order.
 func Format(ps plugintypes.Privileges) string {
