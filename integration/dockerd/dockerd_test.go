@@ -34,6 +34,11 @@ var scenarios = []*scenario{
 	{id: "j", title: "worker restart past the heartbeat grace keeps its plugin", run: workerRestartPastGrace, issue: 24, stock: &outcome{failsAt: stepWorkerKept}, stockV2: &outcome{failsAt: stepWorkerKept}},
 	{id: "j2", title: "worker restart within the heartbeat grace keeps its plugin", run: workerRestartWithinGrace, issue: 24, stock: &outcome{failsAt: stepWorkerKept}, stockV2: &outcome{failsAt: stepWorkerKept}},
 	{id: "k", title: "swarm leave with a task running, 5 times", run: leaveWithTaskRunning, issue: 24},
+	{id: "l", title: "forced update, nothing changed: never disabled", run: forcedUpdateNothingChanged, issue: 25, stock: &outcome{failsAt: stepForcedNothingDisabled}, stockV2: &outcome{failsAt: stepForcedNothingDisabled}},
+	{id: "m", title: "env-only update VERSION=1 → 7: set, no upgrade", run: envOnlyUpdate, issue: 25, stock: &outcome{failsAt: settableEnv + "=7 applied"}, stockV2: &outcome{failsAt: settableEnv + "=7 applied"}},
+	{id: "n", title: "upgrade to a 10 MB tag through a 1 MB/s registry", run: throttledUpgrade, issue: 25, stock: &outcome{}, stockV2: &outcome{}},
+	{id: "o", title: "registry down 20 s during a forced update", run: registryDownForcedUpdate, issue: 25, stock: &outcome{failsAt: stepRegistryDownKept}, stockV2: &outcome{failsAt: stepRegistryDownKept}},
+	{id: "p", title: "repeated env key VERSION=1,VERSION=2, 3 forced updates", run: repeatedEnvKey, issue: 25, stock: &outcome{failsAt: stepRepeatedNeverDisabled}, stockV2: &outcome{failsAt: stepRepeatedNeverDisabled}},
 }
 
 // TestDockerd runs every scenario on each dockerd build in turn (dockerds:
