@@ -350,12 +350,14 @@ func (p *Controller) Update(ctx context.Context, t *api.Task) error {
 //     owned by the task's service (plugin.WithSwarmService).
 //   - A plugin of that name owned by another service, or by nobody (a person
 //     installed it): fail with ErrPluginExists and leave it alone.
-//   - This service's plugin: take the reference, then Upgrade it to the
-//     remote (unless the remote is pinned by digest and already installed)
-//     and apply the env entries the plugin can take (see below). Both need
-//     the plugin disabled: Prepare force-disables it, and Start enables it
-//     again. When anything fails after the disable, a plugin that was
-//     enabled is enabled again before Prepare returns the error.
+//   - This service's plugin: take the reference, then, only if something
+//     changes (see "When a plugin is out of service" in the package doc),
+//     Upgrade it to the remote and apply the env entries the plugin can
+//     take (see below). Both need the plugin disabled: Prepare
+//     force-disables it, makes the change, and enables it again at once if
+//     it was enabled and the spec does not say Disabled (otherwise Start
+//     enables it). When anything fails after the disable, a plugin that
+//     was enabled is enabled again before Prepare returns the error.
 //   - A spec that says Disabled while references other than this service's
 //     tasks hold the plugin (a volume that uses the driver, say): fail with
 //     the temporary ErrPluginInUse and change nothing, so that the plugin
@@ -547,8 +549,27 @@ func (p *Controller) prepareExisting(ctx context.Context, pl *v2.Plugin) error {
 		p.log(ctx, log.ErrorLevel, "plugin left disabled: the upgraded version requires other privileges than the service grants", "reason", err.Error())
 	case err != nil && wasEnabled:
 		p.reenable(ctx, pl.GetID())
+	case err == nil && wasEnabled && !p.d.Spec.Disabled:
+		p.enableChanged(ctx, pl)
 	}
 	return err
+}
+
+// enableChanged enables pl again right after Prepare changed it, when it
+// was enabled before and the spec wants it enabled, so that the outage is
+// the Backend's own work only and not also swarmkit's round trip to its
+// manager between Prepare and Start (the old task's shutdown, in a
+// stop-first update). Start then finds pl enabled and waits for it to
+// answer, as after its own enable. If the enable fails, Start enables it
+// and reports the error, as it would have without this.
+func (p *Controller) enableChanged(ctx context.Context, pl *v2.Plugin) {
+	if err := p.backend.Enable(pl.GetID(), &backend.PluginEnableConfig{Timeout: p.enableTimeoutSeconds()}); err != nil {
+		if !pl.IsEnabled() {
+			p.log(ctx, log.WarnLevel, "could not enable plugin after its change; Start enables it", "error", err.Error())
+		}
+		return
+	}
+	p.log(ctx, log.InfoLevel, "plugin enabled after its change")
 }
 
 // remoteChanged reports whether the remote names another manifest than

@@ -5,6 +5,7 @@ package plugin_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"syscall"
 	"testing"
@@ -126,7 +127,7 @@ func TestEnvOnlyChangeDoesNotUpgrade(t *testing.T) {
 	s := spec(remote, false)
 	s.Env = []string{"VERSION=7"}
 	started(t, ctx, b, "task-2", s)
-	assert.Check(t, is.DeepEqual(methods(b), []string{"Get", "ResolveManifest", "Disable", "Set", "Get", "Enable", "ProbePlugin"}))
+	assert.Check(t, is.DeepEqual(methods(b), []string{"Get", "ResolveManifest", "Disable", "Set", "Enable", "Get", "ProbePlugin"}))
 	p, _, _ := state(t, b, name)
 	assert.Check(t, is.Contains(p.Settings.Env, "VERSION=7"))
 }
@@ -143,4 +144,99 @@ func TestWithoutAResolverATagIsUpgradedAsUpstream(t *testing.T) {
 	started(t, ctx, b, "task-2", runtime.PluginSpec{Name: name, Remote: remote})
 	assert.Check(t, is.Equal(countCalls(fake, "Upgrade"), 1))
 	var _ plugin.ManifestResolver = fake
+}
+
+// A change to an enabled plugin whose spec wants it enabled is enabled
+// again inside Prepare, so that the outage is the Backend's own work and
+// not also swarmkit's round trip between Prepare and Start; Start then
+// only checks that it answers. A plugin the spec wants disabled, or one
+// that was disabled, is left for Start, as before.
+func TestPrepareEnablesAChangedPluginAtOnce(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name        string
+		before, now runtime.PluginSpec
+		enabled     bool // after Prepare
+	}{
+		{"env only", spec(remote, false), withEnv(spec(remote, false), "VERSION=7"), true},
+		{"new remote", spec(remote, false), spec(remote2, false), true},
+		{"new remote, spec says Disabled", spec(remote, false), spec(remote2, true), false},
+		{"disabled before, env only", spec(remote, true), withEnv(spec(remote, false), "VERSION=7"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := plugintest.NewBackend()
+			b.AddRemote(remote, plugintest.Remote{Env: []string{"VERSION=1"}})
+			b.AddRemote(remote2, plugintest.Remote{Env: []string{"VERSION=1"}})
+			started(t, ctx, b, "task-1", tc.before)
+			b.ResetCalls()
+			c := newController(t, b, "task-2", tc.now)
+			assert.NilError(t, c.Prepare(ctx))
+			p, _, _ := state(t, b, name)
+			assert.Check(t, is.Equal(p.Enabled, tc.enabled))
+			enablesInPrepare := countCalls(b, "Enable")
+			assert.NilError(t, c.Start(ctx))
+			p, _, _ = state(t, b, name)
+			assert.Check(t, is.Equal(p.Enabled, !tc.now.Disabled))
+			if tc.enabled {
+				assert.Check(t, is.Equal(enablesInPrepare, 1))
+				assert.Check(t, is.Equal(countCalls(b, "Enable"), 1), "Start enables nothing more")
+			}
+		})
+	}
+}
+
+// The old task's Wait ends at the change's disable, as before the early
+// enable: the enable that follows at once does not hide it.
+func TestOldTaskWaitSeesTheChangesDisable(t *testing.T) {
+	ctx := context.Background()
+	b := plugintest.NewBackend()
+	b.AddRemote(remote, plugintest.Remote{Env: []string{"VERSION=1"}})
+	old := started(t, ctx, b, "task-1", spec(remote, false), plugin.WithHealthCheck(plugin.HealthCheck{}))
+	done := waitAsync(t, b, old, ctx)
+	c := newController(t, b, "task-2", withEnv(spec(remote, false), "VERSION=7"))
+	assert.NilError(t, c.Prepare(ctx))
+	assert.Check(t, is.ErrorIs(result(t, done), plugin.ErrPluginDisabled))
+	assert.NilError(t, c.Start(ctx))
+}
+
+// A failure in Start after the early enable is Start's, as before: a
+// plugin that does not answer its readiness probe gives a temporary
+// ErrPluginNotAnswering, stays enabled, and is not enabled twice.
+func TestStartAfterTheEarlyEnableStillWaitsForAnAnswer(t *testing.T) {
+	ctx := context.Background()
+	b := plugintest.NewBackend()
+	b.AddRemote(remote, plugintest.Remote{Env: []string{"VERSION=1"}})
+	started(t, ctx, b, "task-1", spec(remote, false))
+	c := newController(t, b, "task-2", withEnv(spec(remote, false), "VERSION=7"))
+	assert.NilError(t, c.Prepare(ctx))
+	assert.NilError(t, b.SetHealth(name, plugintest.Health{ReadyAfter: 1}))
+	b.ResetCalls()
+	err := c.Start(ctx)
+	assert.Check(t, is.ErrorIs(err, plugin.ErrPluginNotAnswering))
+	assert.Check(t, exec.IsTemporary(err), "%v", err)
+	assert.NilError(t, c.Start(ctx))
+	assert.Check(t, is.Equal(countCalls(b, "Enable"), 0))
+}
+
+// An early enable that fails is left to Start, which enables the plugin
+// or reports the error, as it did before.
+func TestAFailedEarlyEnableIsLeftToStart(t *testing.T) {
+	ctx := context.Background()
+	b := plugintest.NewBackend()
+	b.AddRemote(remote, plugintest.Remote{Env: []string{"VERSION=1"}})
+	started(t, ctx, b, "task-1", spec(remote, false))
+	c := newController(t, b, "task-2", withEnv(spec(remote, false), "VERSION=7"))
+	b.FailNext("Enable", errors.New("enable: the socket is not there yet"))
+	assert.NilError(t, c.Prepare(ctx))
+	p, _, _ := state(t, b, name)
+	assert.Check(t, !p.Enabled)
+	assert.NilError(t, c.Start(ctx))
+	p, _, _ = state(t, b, name)
+	assert.Check(t, p.Enabled)
+	assert.Check(t, is.Contains(p.Settings.Env, "VERSION=7"))
+}
+
+func withEnv(s runtime.PluginSpec, env ...string) runtime.PluginSpec {
+	s.Env = env
+	return s
 }

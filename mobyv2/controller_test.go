@@ -249,7 +249,7 @@ func TestPrepareUpgradesOwnPlugin(t *testing.T) {
 	after, refs, _ := state(t, b, name)
 	assert.Equal(t, after.ID, before.ID, "upgrade must keep the plugin")
 	assert.Equal(t, after.PluginReference, "example.com/acme/vol:2.0")
-	assert.Assert(t, !after.Enabled, "upgrade needs the plugin disabled")
+	assert.Assert(t, after.Enabled, "an enabled plugin is enabled again as soon as it is upgraded")
 	assert.Equal(t, refs, 2)
 	for _, call := range b.Calls() {
 		if call.Method == "Disable" {

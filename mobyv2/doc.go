@@ -104,14 +104,18 @@
 //   - Nothing changed (a forced update, a task replaced with the same
 //     spec, a worker that was marked down during its restart): nothing is
 //     disabled, upgraded or set. The task runs on the plugin as it is.
-//   - Only a settable env value changed: disable, Set, and Start enables
-//     again. On a forked dockerd v28.3.0 the Manager's disable, set and
-//     enable take under 0.6 s; swarmkit's round trip between Prepare and
-//     Start adds to it.
+//   - Only a settable env value changed: disable, Set and enable, all in
+//     Prepare, so the outage is the Manager's own work (on a forked
+//     dockerd v28.3.0, its disable, set and enable take under 0.6 s), not
+//     also swarmkit's round trip between Prepare and Start.
 //   - The tag names a new manifest, or the spec a new remote: disable,
 //     Upgrade (which downloads inside, because the Manager refuses to
-//     upgrade an enabled plugin and has no prefetch), then enable. The
-//     outage includes the download of what is new.
+//     upgrade an enabled plugin and has no prefetch), then enable, in
+//     Prepare too. The outage includes the download of what is new.
+//   - Prepare enables again only a plugin that was enabled, for a spec
+//     that does not say Disabled; otherwise Start brings it to the spec's
+//     state. Start then waits for the plugin to answer (see Readiness and
+//     liveness), and reports its failures, as before.
 //   - The registry cannot be reached: the installed plugin of the spec's
 //     remote stays in service and the task runs on it (one warning); a new
 //     remote gets a temporary error, with nothing disabled, until the

@@ -89,6 +89,58 @@ func TestUpdateOfAnUnchangedSpecDisablesNothing(t *testing.T) {
 	e.assertGone(pluginName, id)
 }
 
+// An env-only update (DEBUG=1 to DEBUG=2, a settable key, the tag's
+// manifest unchanged) of an enabled plugin: the new task's Prepare
+// disables it, sets the value and enables it again itself, so that the
+// outage is the Manager's own work and not also swarmkit's round trip to
+// Start. After Prepare alone the plugin is enabled, running, answering,
+// with the new value and its ID; the Manager published one disable and
+// one enable; the registry got one manifest request and no blob; Start
+// then changes nothing.
+func TestEnvOnlyUpdateIsEnabledAgainWithinPrepare(t *testing.T) {
+	e := newEnv(t)
+	cr := startCountingRegistry(t)
+	d1, _, _ := rm.StandardPlugins()
+	assert.NilError(t, rm.Publish(context.Background(), cr.host, d1))
+	spec := pluginSpec(d1.Ref(cr.host))
+	spec.Env = []string{"DEBUG=1"}
+	old := newTask(t, "task-1", "svc-a", spec)
+	oldC := e.controller(old)
+	e.runTo(old, oldC, api.TaskStateRunning)
+	id := e.get(pluginName).GetID()
+
+	evs := e.recordEvents()
+	mark := cr.mark()
+	spec.Env = []string{"DEBUG=2"}
+	upd := newTask(t, "task-2", "svc-a", spec)
+	updC := e.daemonController(upd)
+	assert.NilError(t, updC.Prepare(e.ctx))
+	p := e.get(pluginName)
+	e.assertRunning(p)
+	assert.Check(t, is.Contains(p.PluginObj.Settings.Env, "DEBUG=2"))
+	assert.Check(t, is.Equal(p.GetID(), id), "the plugin was replaced")
+	assert.Check(t, is.DeepEqual(evs(), []string{"disable " + p.Name(), "enable " + p.Name()}), "the Manager's events during the new task's Prepare")
+	reqs := cr.since(mark)
+	assert.Check(t, is.Len(reqs, 1), "one manifest request: %q", reqs)
+	for _, r := range reqs {
+		assert.Check(t, strings.Contains(r, "/manifests/"), "a registry request other than a manifest's: %s", r)
+	}
+
+	enables := 0
+	ch, cancel := e.m.SubscribeEvents(4, mobyplugin.EventEnable{Plugin: p.PluginObj})
+	assert.NilError(t, updC.Start(e.ctx))
+	cancel()
+	for range ch {
+		enables++
+	}
+	assert.Check(t, is.Equal(enables, 0), "Start enabled the plugin again")
+	e.assertRunning(e.get(pluginName))
+
+	e.retire(oldC)
+	e.retire(updC)
+	e.assertGone(pluginName, id)
+}
+
 // The registry stops while a task runs; five new tasks of the service
 // (swarmkit's retries, a forced update, a worker marked down) are prepared
 // and started meanwhile: every Prepare returns nil, the plugin stays
