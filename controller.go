@@ -282,7 +282,7 @@ func (p *Controller) log(ctx context.Context, level log.Level, msg string, extra
 	if _, ok := l.Data["service.id"]; !ok {
 		fields["service"] = p.service
 	}
-	fields["plugin"] = p.d.Spec.Name
+	fields["plugin"] = p.d.Display
 	if id := p.boundID(); id != "" {
 		fields["plugin.id"] = id
 	}
@@ -409,19 +409,19 @@ func (p *Controller) Prepare(ctx context.Context) (err error) {
 			// Installed between our Get and Pull (by another task of this
 			// service, or by someone else): retry, and the next Prepare
 			// takes the existing-plugin path with its ownership check.
-			return exec.MakeTemporary(classify(fmt.Sprintf("error pulling plugin %s", p.d.Spec.Name), err))
+			return exec.MakeTemporary(classify(fmt.Sprintf("error pulling plugin %s", p.d.Display), err))
 		}
 		if isIncorrectPrivileges(err) {
-			return withDetail(ErrIncorrectPrivileges, fmt.Sprintf("the backend refused the service's grant for plugin %s from %s", p.d.Spec.Name, p.d.Familiar), err)
+			return withDetail(ErrIncorrectPrivileges, fmt.Sprintf("the backend refused the service's grant for plugin %s from %s", p.d.Display, p.d.Familiar), err)
 		}
-		return classify(fmt.Sprintf("error pulling plugin %s from %s", p.d.Spec.Name, p.d.Familiar), err)
+		return classify(fmt.Sprintf("error pulling plugin %s from %s", p.d.Display, p.d.Familiar), err)
 	}
 	pl, err = p.bind(p.d.Spec.Name)
 	if err != nil {
 		if notInstalled(err) {
 			// Removed between our Pull and bind, or a Backend that cannot
 			// find what it just installed: say so, and pull again.
-			return exec.MakeTemporary(fmt.Errorf("plugin %s not found right after a successful pull: %w", p.d.Spec.Name, err))
+			return exec.MakeTemporary(fmt.Errorf("plugin %s not found right after a successful pull: %w", p.d.Display, err))
 		}
 		return err
 	}
@@ -447,19 +447,19 @@ func (p *Controller) checkRemoteGrant(ctx context.Context, auth *registry.AuthCo
 	}
 	required, err := pr.Privileges(ctx, p.d.Remote, nil, auth)
 	if err != nil {
-		return classify(fmt.Sprintf("error fetching the privileges of plugin %s from %s", p.d.Spec.Name, p.d.Familiar), err)
+		return classify(fmt.Sprintf("error fetching the privileges of plugin %s from %s", p.d.Display, p.d.Familiar), err)
 	}
 	if len(required) == 0 && len(p.d.Spec.Privileges) > 0 {
 		p.debug(ctx, "the backend tells no privileges for the remote (or could not fetch them); checking the installed config instead")
 		return nil
 	}
-	return p.grantError(fmt.Sprintf("plugin %s from %s", p.d.Spec.Name, p.d.Familiar), required)
+	return p.grantError(fmt.Sprintf("plugin %s from %s", p.d.Display, p.d.Familiar), required)
 }
 
 // checkInstalledGrant compares the privileges pl's installed config
 // requires with the spec's grant.
 func (p *Controller) checkInstalledGrant(pl *v2.Plugin) error {
-	return p.grantError(fmt.Sprintf("plugin %s as installed from %s", p.d.Spec.Name, pl.PluginObj.PluginReference),
+	return p.grantError(fmt.Sprintf("plugin %s as installed from %s", p.d.Display, pl.PluginObj.PluginReference),
 		privileges.Required(pl.PluginObj.Config))
 }
 
@@ -597,7 +597,7 @@ func (p *Controller) remoteChanged(ctx context.Context, auth *registry.AuthConfi
 		p.log(ctx, log.WarnLevel, "cannot check the remote for a new version; the installed version stays in service", "remote", p.d.Familiar, "error", err.Error())
 		return false, nil
 	case err != nil:
-		return false, exec.MakeTemporary(classify(fmt.Sprintf("cannot check plugin %s's new remote %s; the installed version stays in service", p.d.Spec.Name, p.d.Familiar), err))
+		return false, exec.MakeTemporary(classify(fmt.Sprintf("cannot check plugin %s's new remote %s; the installed version stays in service", p.d.Display, p.d.Familiar), err))
 	case sameRemote && d == pl.Manifest:
 		p.debug(ctx, "the remote names the installed manifest: no upgrade")
 		return false, nil
@@ -612,9 +612,9 @@ func (p *Controller) changeDisabled(ctx context.Context, pl *v2.Plugin, upgrade 
 	if upgrade {
 		if err := p.backend.Upgrade(ctx, p.d.Remote, p.d.Spec.Name, nil, auth, convertPrivileges(p.d.Spec.Privileges), p.opts.progress); err != nil {
 			if isIncorrectPrivileges(err) {
-				return withDetail(ErrIncorrectPrivileges, fmt.Sprintf("the backend refused the service's grant for plugin %s from %s", p.d.Spec.Name, p.d.Familiar), err)
+				return withDetail(ErrIncorrectPrivileges, fmt.Sprintf("the backend refused the service's grant for plugin %s from %s", p.d.Display, p.d.Familiar), err)
 			}
-			return classify(fmt.Sprintf("error upgrading plugin %s to %s", p.d.Spec.Name, p.d.Familiar), err)
+			return classify(fmt.Sprintf("error upgrading plugin %s to %s", p.d.Display, p.d.Familiar), err)
 		}
 		p.log(ctx, log.InfoLevel, "plugin upgraded", "remote", p.d.Familiar)
 		if err := p.checkInstalledGrant(pl); err != nil {
@@ -627,7 +627,7 @@ func (p *Controller) changeDisabled(ctx context.Context, pl *v2.Plugin, upgrade 
 		return nil
 	}
 	if err := p.backend.(Setter).Set(pl.GetID(), toSet); err != nil {
-		return classify(fmt.Sprintf("error setting env of plugin %s", p.d.Spec.Name), err)
+		return classify(fmt.Sprintf("error setting env of plugin %s", p.d.Display), err)
 	}
 	p.log(ctx, log.InfoLevel, "plugin env updated", "env.keys", fmt.Sprint(env.Keys(toSet)))
 	return nil
@@ -663,8 +663,8 @@ func (p *Controller) otherReferences(pl *v2.Plugin) int {
 }
 
 func (p *Controller) inUse(others int, why string) error {
-	err := withDetail(ErrPluginInUse, fmt.Sprintf("%s has %d reference(s) besides service %s's tasks", p.d.Spec.Name, others, p.service), nil)
-	return exec.MakeTemporary(fmt.Errorf("cannot disable plugin %s to %s: %w", p.d.Spec.Name, why, err))
+	err := withDetail(ErrPluginInUse, fmt.Sprintf("%s has %d reference(s) besides service %s's tasks", p.d.Display, others, p.service), nil)
+	return exec.MakeTemporary(fmt.Errorf("cannot disable plugin %s to %s: %w", p.d.Display, why, err))
 }
 
 // forceDisable disables an enabled plugin so that it can be upgraded or
@@ -681,7 +681,7 @@ func (p *Controller) forceDisable(ctx context.Context, pl *v2.Plugin, others int
 		if !pl.IsEnabled() {
 			return nil // someone else disabled it meanwhile
 		}
-		return classify(fmt.Sprintf("cannot disable plugin %s to change it", p.d.Spec.Name), err)
+		return classify(fmt.Sprintf("cannot disable plugin %s to change it", p.d.Display), err)
 	}
 	if others > 0 {
 		p.log(ctx, log.WarnLevel, "plugin disabled for a change while other users hold it", "references", strconv.Itoa(others))
@@ -728,7 +728,7 @@ func (p *Controller) lookup(nameOrID string) (*v2.Plugin, error) {
 	case cerrdefs.IsNotFound(err):
 		return nil, err
 	case err != nil:
-		wrapped := classify(fmt.Sprintf("error looking up plugin %s", p.d.Spec.Name), err)
+		wrapped := classify(fmt.Sprintf("error looking up plugin %s", p.d.Display), err)
 		if !hasClass(err) && !isTransient(err) {
 			return nil, &unclassifiedLookupError{wrapped}
 		}
@@ -780,7 +780,7 @@ func (p *Controller) bind(nameOrID string) (*v2.Plugin, error) {
 		return nil, err
 	}
 	if !p.owns(pl) {
-		return nil, withDetail(ErrPluginExists, p.d.Spec.Name, nil)
+		return nil, withDetail(ErrPluginExists, p.d.Display, nil)
 	}
 	refs.Holders.AcquireLocked(pl, p.holder)
 	p.mu.Lock()
@@ -855,14 +855,14 @@ func (p *Controller) Start(ctx context.Context) (err error) {
 			p.log(ctx, log.WarnLevel, "plugin does not answer; restarting it", "probe", p.probeName(pl), "error", err.Error())
 			if err := p.backend.Disable(pl.GetID(), &backend.PluginDisableConfig{ForceDisable: true}); err != nil && pl.IsEnabled() {
 				health.NotAnswering.Mark(pl.GetID())
-				return classify(fmt.Sprintf("cannot restart plugin %s, which does not answer", p.d.Spec.Name), err)
+				return classify(fmt.Sprintf("cannot restart plugin %s, which does not answer", p.d.Display), err)
 			}
 		}
 	}
 	if !pl.IsEnabled() {
 		if err := p.backend.Enable(pl.GetID(), &backend.PluginEnableConfig{Timeout: p.enableTimeoutSeconds()}); err != nil {
 			if !pl.IsEnabled() {
-				return classify(fmt.Sprintf("error enabling plugin %s", p.d.Spec.Name), err)
+				return classify(fmt.Sprintf("error enabling plugin %s", p.d.Display), err)
 			}
 			// enabled meanwhile, by another task of the service
 		} else {
@@ -892,9 +892,9 @@ func (p *Controller) ready(ctx context.Context, pl *v2.Plugin) error {
 		p.warming = now
 	}
 	if waited := now.Sub(p.warming); waited >= p.opts.enableTimeout {
-		return withDetail(ErrPluginNotAnswering, fmt.Sprintf("%s did not answer %s within the enable timeout (%s); last answer: %v", p.d.Spec.Name, p.probeName(pl), p.opts.enableTimeout, err), nil)
+		return withDetail(ErrPluginNotAnswering, fmt.Sprintf("%s did not answer %s within the enable timeout (%s); last answer: %v", p.d.Display, p.probeName(pl), p.opts.enableTimeout, err), nil)
 	}
-	return exec.MakeTemporary(withDetail(ErrPluginNotAnswering, fmt.Sprintf("waiting for %s to answer %s: %v", p.d.Spec.Name, p.probeName(pl), err), nil))
+	return exec.MakeTemporary(withDetail(ErrPluginNotAnswering, fmt.Sprintf("waiting for %s to answer %s: %v", p.d.Display, p.probeName(pl), err), nil))
 }
 
 // errNotProbed is probe's answer for a plugin it cannot ask: no socket
@@ -1030,7 +1030,7 @@ func (p *Controller) Wait(ctx context.Context) (err error) {
 			}
 			health.NotAnswering.Mark(id)
 			p.log(ctx, log.ErrorLevel, "plugin does not answer: failing the task; the next task restarts the plugin", "probe", p.probeName(pl), "misses", strconv.Itoa(misses), "error", err.Error())
-			return withDetail(ErrPluginNotAnswering, fmt.Sprintf("%s missed %d health checks in a row (%s); last answer: %v", p.d.Spec.Name, misses, p.probeName(pl), err), nil)
+			return withDetail(ErrPluginNotAnswering, fmt.Sprintf("%s missed %d health checks in a row (%s); last answer: %v", p.d.Display, misses, p.probeName(pl), err), nil)
 		case e, ok := <-events:
 			if !ok {
 				return exec.MakeTemporary(errEventsClosed)
@@ -1146,7 +1146,7 @@ func (p *Controller) Remove(ctx context.Context) (err error) {
 		p.mu.Lock()
 		p.pluginID, p.bound = pl.GetID(), nil
 		p.mu.Unlock()
-		return classify(fmt.Sprintf("error removing plugin %s", p.d.Spec.Name), err)
+		return classify(fmt.Sprintf("error removing plugin %s", p.d.Display), err)
 	}
 	p.markRemoved()
 	p.log(ctx, log.InfoLevel, "plugin removed")

@@ -583,6 +583,6 @@ func ExampleErrPluginExists() {
 	fmt.Println(err)
 	fmt.Println(errors.Is(err, plugin.ErrPluginExists), cerrdefs.IsConflict(err), exec.IsTemporary(err))
 	// Output:
-	// plugin already exists: docker.io/library/vol
+	// plugin already exists: vol:latest
 	// true true false
 }

@@ -311,6 +311,32 @@ func TestWithLogger(t *testing.T) {
 	}
 }
 
+// A spec without Name logs and errs with the name the Manager stores and
+// "docker plugin ls" shows ("vol:latest"), not the defaulted remote's full
+// form ("docker.io/library/vol").
+func TestSpecWithoutNameSpeaksOfTheStoredName(t *testing.T) {
+	lg := logrus.New()
+	lg.SetOutput(io.Discard)
+	lg.SetLevel(logrus.DebugLevel)
+	capture := &logCapture{}
+	lg.AddHook(capture)
+	b := plugintest.NewBackend()
+	c := newController(t, b, "task-1", runtime.PluginSpec{Remote: "vol"}, plugin.WithLogger(logrus.NewEntry(lg)))
+	assert.NilError(t, c.Prepare(context.Background()))
+	p, _, found := state(t, b, "vol")
+	assert.Assert(t, found)
+	assert.Equal(t, p.Name, "vol:latest")
+	assert.Assert(t, len(capture.lines) > 0)
+	for _, line := range capture.lines {
+		assert.Check(t, strings.Contains(line, "plugin=\"vol:latest\""), line)
+		assert.Check(t, !strings.Contains(line, "docker.io/library"), line)
+	}
+	b.FailNext("Enable", errors.New("enable: no"))
+	err := c.Start(context.Background())
+	assert.Check(t, is.ErrorContains(err, "error enabling plugin vol:latest"))
+	assert.Check(t, !strings.Contains(err.Error(), "docker.io/library"), "%v", err)
+}
+
 // ---- Steps cut short by their context ------------------------------------------------
 
 // cuttingBackend is the fake, except that the next call of the method armed

@@ -44,12 +44,14 @@ func Read(t *api.Task) (*Task, error) {
 	if err != nil {
 		return nil, errs.Detail(errs.InvalidSpec, fmt.Sprintf("error parsing remote reference %q", spec.Remote), err)
 	}
+	display := spec.Name
 	if spec.Name == "" {
 		spec.Name = defaultName(remote)
+		display = refs.Key(spec.Name)
 	}
 	// A bad Name is left to the Backend, which refuses it (invalid
 	// argument) at Pull, as upstream.
-	d := &Task{Spec: spec, Remote: remote, Familiar: reference.FamiliarString(remote), Key: refs.Key(spec.Name)}
+	d := &Task{Spec: spec, Remote: remote, Familiar: reference.FamiliarString(remote), Key: refs.Key(spec.Name), Display: display}
 	specs.Put(generic.Payload.Value, d)
 	return d, nil
 }
@@ -72,6 +74,11 @@ type Task struct {
 	// Key is the name as the Manager stores it ("vol:latest" for "vol"
 	// and "docker.io/library/vol"): it picks the plugin's lock.
 	Key string
+	// Display is the plugin's name in log lines and errors: the spec's
+	// Name as written, or, for a spec without one, Key, the name "docker
+	// plugin ls" shows ("vol:latest", not the defaulted
+	// "docker.io/library/vol").
+	Display string
 }
 
 // defaultName is the plugin name for a spec without one: the remote, as
