@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/remotes/docker"
@@ -19,20 +17,20 @@ import (
 	"github.com/docker/docker/api/types/backend"
 	"github.com/docker/docker/api/types/registry"
 	"github.com/docker/docker/api/types/swarm"
-	"github.com/docker/docker/api/types/swarm/runtime"
 	"github.com/docker/docker/plugin"
 	v2 "github.com/docker/docker/plugin/v2"
 	"github.com/moby/swarmkit/v2/agent/exec"
 	"github.com/moby/swarmkit/v2/api"
-	swarmlog "github.com/moby/swarmkit/v2/log"
 	"github.com/opencontainers/go-digest"
-	"github.com/seed-e85c93d5/plugin/internal/env"
+	"github.com/seed-e85c93d5/plugin/internal/errs"
 	"github.com/seed-e85c93d5/plugin/internal/health"
+	"github.com/seed-e85c93d5/plugin/internal/logging"
 	"github.com/seed-e85c93d5/plugin/internal/pluginspec"
 	"github.com/seed-e85c93d5/plugin/internal/privileges"
 	"github.com/seed-e85c93d5/plugin/internal/refs"
 	"github.com/seed-e85c93d5/plugin/internal/remotedigest"
 	"github.com/seed-e85c93d5/plugin/internal/restart"
+	"github.com/seed-e85c93d5/plugin/internal/update"
 )
 
 // RuntimeKind is the Kind of the generic runtime spec that carries a
@@ -78,9 +76,9 @@ type Controller struct {
 	removing  bool       // Remove has begun: no step may bind or change the plugin
 	removed   bool       // Remove is done
 	closed    bool
-	closedCh  chan struct{} // closed by Close; ends a Wait in flight
-	envWarned bool          // the spec's unsettable env keys have been logged
-	warming   time.Time     // when Start first found the enabled plugin not answering; zero once it answered
+	closedCh  chan struct{}    // closed by Close; ends a Wait in flight
+	envWarned bool             // the spec's unsettable env keys have been logged
+	readiness health.Readiness // Start's wait for the enabled plugin to answer
 }
 
 // Option configures a Controller made by New.
@@ -228,7 +226,7 @@ func New(backend Backend, t *api.Task, opts ...Option) (*Controller, error) {
 		backend:  backend,
 		d:        d,
 		taskID:   t.ID,
-		holder:   holderKey(t.ID),
+		holder:   refs.HolderKey(t.ID),
 		service:  t.ServiceID,
 		opts:     options{enableTimeout: DefaultEnableTimeout, progress: io.Discard, health: DefaultHealthCheck},
 		closedCh: make(chan struct{}),
@@ -242,71 +240,16 @@ func New(backend Backend, t *api.Task, opts ...Option) (*Controller, error) {
 	return c, nil
 }
 
-// holderKey is the key of a task's reference in the holder table: its ID,
-// so that every Controller swarmkit makes for a task shares the task's one
-// reference. A task without an ID, which swarmkit never sends but tests
-// ported from upstream's build (upstream's Controllers have no task), gets
-// a key of its Controller's own: it counts once per Controller, as upstream.
-func holderKey(taskID string) string {
-	if taskID != "" {
-		return taskID
-	}
-	return "\x00untasked-" + strconv.FormatUint(untasked.Add(1), 10)
-}
-
-var untasked atomic.Uint64
-
 // log writes one line at level with the task's fields and extra, given as
-// key, value pairs. It builds nothing when the level is disabled (the
-// values are boxed only once the line is known to be written), so the
+// key, value pairs; nothing is built when the level is disabled, so the
 // debug line of every step costs a level check in a daemon that logs at
-// info.
+// info (see package internal/logging).
 func (p *Controller) log(ctx context.Context, level log.Level, msg string, extra ...string) {
-	l := p.opts.logger
-	if l == nil {
-		l = contextLogger(ctx)
-	}
-	if l.Logger == nil || !l.Logger.IsLevelEnabled(level) {
-		return
-	}
-	fields := make(log.Fields, len(l.Data)+5+len(extra)/2)
-	for k, v := range l.Data {
-		fields[k] = v
-	}
-	fields["controller"] = "plugin"
-	// swarmkit's agent logger already names the task and the service
-	// (task.id, service.id): say it once.
-	if _, ok := l.Data["task.id"]; !ok {
-		fields["task"] = p.taskID
-	}
-	if _, ok := l.Data["service.id"]; !ok {
-		fields["service"] = p.service
-	}
-	fields["plugin"] = p.d.Display
-	if id := p.boundID(); id != "" {
-		fields["plugin.id"] = id
-	}
-	for i := 0; i+1 < len(extra); i += 2 {
-		fields[extra[i]] = extra[i+1]
-	}
-	// One Entry with every field, rather than WithFields' copies of copies.
-	e := &log.Entry{Logger: l.Logger, Data: fields, Context: l.Context}
-	if e.Context == nil {
-		e.Context = ctx
-	}
-	e.Log(level, msg)
+	logging.Line(ctx, p.opts.logger, level, msg, p.logTask, extra...)
 }
 
-// contextLogger returns the logger ctx carries. swarmkit's agent attaches
-// its per-task logger (fields task.id, service.id, module) with its own
-// log package, whose context key github.com/containerd/log does not see, so
-// that one comes first; then containerd/log's (moby's daemon), whose G
-// falls back to its standard logger.
-func contextLogger(ctx context.Context) *log.Entry {
-	if l := swarmlog.G(ctx); l != swarmlog.L {
-		return l
-	}
-	return log.G(ctx)
+func (p *Controller) logTask() logging.Task {
+	return logging.Task{ID: p.taskID, Service: p.service, Plugin: p.d.Display, PluginID: p.boundID()}
 }
 
 func (p *Controller) debug(ctx context.Context, msg string) {
@@ -391,7 +334,7 @@ func (p *Controller) Prepare(ctx context.Context) (err error) {
 	if err == nil {
 		return p.prepareExisting(ctx, pl)
 	}
-	if !notInstalled(err) {
+	if !errs.NotInstalled(err) {
 		return err
 	}
 
@@ -402,7 +345,7 @@ func (p *Controller) Prepare(ctx context.Context) (err error) {
 	if err := p.checkRemoteGrant(ctx, auth); err != nil {
 		return err
 	}
-	privs := convertPrivileges(p.d.Spec.Privileges)
+	privs := privileges.FromSpec(p.d.Spec.Privileges)
 	if err := p.backend.Pull(ctx, p.d.Remote, p.d.Spec.Name, nil, auth, privs, p.opts.progress,
 		plugin.WithSwarmService(p.service), plugin.WithEnv(p.d.Spec.Env)); err != nil {
 		if cerrdefs.IsConflict(err) || cerrdefs.IsAlreadyExists(err) {
@@ -411,14 +354,14 @@ func (p *Controller) Prepare(ctx context.Context) (err error) {
 			// takes the existing-plugin path with its ownership check.
 			return exec.MakeTemporary(classify(fmt.Sprintf("error pulling plugin %s", p.d.Display), err))
 		}
-		if isIncorrectPrivileges(err) {
+		if update.IsRefusedGrant(err) {
 			return withDetail(ErrIncorrectPrivileges, fmt.Sprintf("the backend refused the service's grant for plugin %s from %s", p.d.Display, p.d.Familiar), err)
 		}
 		return classify(fmt.Sprintf("error pulling plugin %s from %s", p.d.Display, p.d.Familiar), err)
 	}
 	pl, err = p.bind(p.d.Spec.Name)
 	if err != nil {
-		if notInstalled(err) {
+		if errs.NotInstalled(err) {
 			// Removed between our Pull and bind, or a Backend that cannot
 			// find what it just installed: say so, and pull again.
 			return exec.MakeTemporary(fmt.Errorf("plugin %s not found right after a successful pull: %w", p.d.Display, err))
@@ -453,29 +396,14 @@ func (p *Controller) checkRemoteGrant(ctx context.Context, auth *registry.AuthCo
 		p.debug(ctx, "the backend tells no privileges for the remote (or could not fetch them); checking the installed config instead")
 		return nil
 	}
-	return p.grantError(fmt.Sprintf("plugin %s from %s", p.d.Display, p.d.Familiar), required)
+	return privileges.Check(fmt.Sprintf("plugin %s from %s", p.d.Display, p.d.Familiar), required, privileges.FromSpec(p.d.Spec.Privileges))
 }
 
 // checkInstalledGrant compares the privileges pl's installed config
 // requires with the spec's grant.
 func (p *Controller) checkInstalledGrant(pl *v2.Plugin) error {
-	return p.grantError(fmt.Sprintf("plugin %s as installed from %s", p.d.Display, pl.PluginObj.PluginReference),
-		privileges.Required(pl.PluginObj.Config))
-}
-
-// grantError returns ErrIncorrectPrivileges, naming what differs, unless
-// required is exactly the spec's grant.
-func (p *Controller) grantError(what string, required types.PluginPrivileges) error {
-	if diff := privileges.Mismatch(required, convertPrivileges(p.d.Spec.Privileges)); diff != "" {
-		return withDetail(ErrIncorrectPrivileges, what+" requires other privileges than the service grants; "+diff, nil)
-	}
-	return nil
-}
-
-// isIncorrectPrivileges reports whether err is the Manager's refusal of a
-// grant (unclassified, in moby's words) or already ErrIncorrectPrivileges.
-func isIncorrectPrivileges(err error) bool {
-	return errors.Is(err, ErrIncorrectPrivileges) || strings.Contains(err.Error(), "incorrect privileges")
+	return privileges.Check(fmt.Sprintf("plugin %s as installed from %s", p.d.Display, pl.PluginObj.PluginReference),
+		privileges.Required(pl.PluginObj.Config), privileges.FromSpec(p.d.Spec.Privileges))
 }
 
 // unpull removes pl, which this Prepare just pulled and bound, because its
@@ -498,161 +426,59 @@ func (p *Controller) unpull(ctx context.Context, pl *v2.Plugin, why error) {
 }
 
 // prepareExisting handles Prepare for this service's installed plugin, to
-// which the task is already bound.
+// which the task is already bound: package internal/update decides
+// whether anything changes and makes the change.
 func (p *Controller) prepareExisting(ctx context.Context, pl *v2.Plugin) error {
-	wasEnabled := pl.IsEnabled()
 	others := p.otherReferences(pl)
-	if p.d.Spec.Disabled && wasEnabled && others > 0 {
+	if p.d.Spec.Disabled && pl.IsEnabled() && others > 0 {
 		return p.inUse(others, "match the spec")
 	}
-	_, pinned := p.d.Remote.(reference.Canonical)
-	sameRemote := pl.PluginObj.PluginReference == p.d.Remote.String()
-	upgrade := !pinned || !sameRemote
-	var toSet []string
-	var auth *registry.AuthConfig
-	if upgrade {
-		var err error
-		if auth, err = p.authFor(ctx); err != nil {
-			return err
-		}
-		// Decide before disabling: is there anything new at the remote?
-		if upgrade, err = p.remoteChanged(ctx, auth, pl, sameRemote); err != nil {
-			return err
-		}
+	c := &update.Change{
+		Backend:        p.backend,
+		Resolve:        p.resolver(),
+		Task:           p.d,
+		Auth:           p.authFor,
+		CheckRemote:    p.checkRemoteGrant,
+		CheckInstalled: p.checkInstalledGrant,
+		Granted:        privileges.FromSpec(p.d.Spec.Privileges),
+		Progress:       p.opts.progress,
+		EnableTimeout:  p.enableTimeoutSeconds(),
+		Others:         others,
+		EnvSkipped:     p.envSkipped,
+		Log:            p.log,
 	}
-	if upgrade {
-		// Refuse an upgrade the grant does not cover before anything is
-		// disabled, so the running version stays in service.
-		if err := p.checkRemoteGrant(ctx, auth); err != nil {
-			return err
-		}
-	} else {
-		if err := p.checkInstalledGrant(pl); err != nil {
-			return err
-		}
-		if toSet = p.envToSet(ctx, pl); len(toSet) == 0 {
-			p.debug(ctx, "plugin already at the remote's manifest with the spec's env; nothing to do")
-			return nil
-		}
+	if s, ok := p.backend.(Setter); ok {
+		c.Set = s.Set
 	}
-
-	if err := p.forceDisable(ctx, pl, others); err != nil {
-		return err
-	}
-	err := p.changeDisabled(ctx, pl, upgrade, auth, toSet)
-	switch {
-	case err != nil && errors.Is(err, ErrIncorrectPrivileges):
-		// Only the upgraded config showed it (the registry served other
-		// content than it told before): security wins, the plugin stays
-		// disabled until a spec that grants what it needs, or an older
-		// remote, comes.
-		p.log(ctx, log.ErrorLevel, "plugin left disabled: the upgraded version requires other privileges than the service grants", "reason", err.Error())
-	case err != nil && wasEnabled:
-		p.reenable(ctx, pl.GetID())
-	case err == nil && wasEnabled && !p.d.Spec.Disabled:
-		p.enableChanged(ctx, pl)
-	}
-	return err
+	return c.Apply(ctx, pl)
 }
 
-// enableChanged enables pl again right after Prepare changed it, when it
-// was enabled before and the spec wants it enabled, so that the outage is
-// the Backend's own work only and not also swarmkit's round trip to its
-// manager between Prepare and Start (the old task's shutdown, in a
-// stop-first update). Start then finds pl enabled and waits for it to
-// answer, as after its own enable. If the enable fails, Start enables it
-// and reports the error, as it would have without this.
-func (p *Controller) enableChanged(ctx context.Context, pl *v2.Plugin) {
-	if err := p.backend.Enable(pl.GetID(), &backend.PluginEnableConfig{Timeout: p.enableTimeoutSeconds()}); err != nil {
-		if !pl.IsEnabled() {
-			p.log(ctx, log.WarnLevel, "could not enable plugin after its change; Start enables it", "error", err.Error())
-		}
-		return
-	}
-	p.log(ctx, log.InfoLevel, "plugin enabled after its change")
-}
-
-// remoteChanged reports whether the remote names another manifest than
-// pl's, so that Prepare must upgrade, asking a ManifestResolver Backend or,
-// for moby's Manager, the registry itself. For any other Backend it is
-// upstream's rule: always. A registry that cannot be reached leaves pl as
-// it is: in service on the installed version when pl is already at the
-// spec's remote (one warning), or with a temporary error, nothing
-// disabled, when the spec names another remote.
-func (p *Controller) remoteChanged(ctx context.Context, auth *registry.AuthConfig, pl *v2.Plugin, sameRemote bool) (bool, error) {
-	var d digest.Digest
-	var err error
+// resolver tells which manifest a tag names now: a ManifestResolver
+// Backend, or, for moby's Manager, the registry itself; nil for any other
+// Backend, which keeps upstream's rule (always upgrade a tag).
+func (p *Controller) resolver() func(context.Context, reference.Named, *registry.AuthConfig) (digest.Digest, error) {
 	switch b := p.backend.(type) {
 	case ManifestResolver:
-		d, err = b.ResolveManifest(ctx, p.d.Remote, auth)
+		return b.ResolveManifest
 	case *plugin.Manager:
-		d, err = remotedigest.Resolve(ctx, reference.TagNameOnly(p.d.Remote), auth, p.opts.hosts)
-	default:
-		return true, nil
-	}
-	switch {
-	case err != nil && ctx.Err() != nil:
-		return false, ctx.Err()
-	case err != nil && sameRemote:
-		p.log(ctx, log.WarnLevel, "cannot check the remote for a new version; the installed version stays in service", "remote", p.d.Familiar, "error", err.Error())
-		return false, nil
-	case err != nil:
-		return false, exec.MakeTemporary(classify(fmt.Sprintf("cannot check plugin %s's new remote %s; the installed version stays in service", p.d.Display, p.d.Familiar), err))
-	case sameRemote && d == pl.Manifest:
-		p.debug(ctx, "the remote names the installed manifest: no upgrade")
-		return false, nil
-	}
-	return true, nil
-}
-
-// changeDisabled sets env on the disabled plugin pl, or, if upgrade is set,
-// upgrades it and then sets the env entries of the spec that the new
-// config lets it take.
-func (p *Controller) changeDisabled(ctx context.Context, pl *v2.Plugin, upgrade bool, auth *registry.AuthConfig, toSet []string) error {
-	if upgrade {
-		if err := p.backend.Upgrade(ctx, p.d.Remote, p.d.Spec.Name, nil, auth, convertPrivileges(p.d.Spec.Privileges), p.opts.progress); err != nil {
-			if isIncorrectPrivileges(err) {
-				return withDetail(ErrIncorrectPrivileges, fmt.Sprintf("the backend refused the service's grant for plugin %s from %s", p.d.Display, p.d.Familiar), err)
-			}
-			return classify(fmt.Sprintf("error upgrading plugin %s to %s", p.d.Display, p.d.Familiar), err)
+		hosts := p.opts.hosts
+		return func(ctx context.Context, ref reference.Named, auth *registry.AuthConfig) (digest.Digest, error) {
+			return remotedigest.Resolve(ctx, reference.TagNameOnly(ref), auth, hosts)
 		}
-		p.log(ctx, log.InfoLevel, "plugin upgraded", "remote", p.d.Familiar)
-		if err := p.checkInstalledGrant(pl); err != nil {
-			return err
-		}
-		// The config is now the new remote's: decide from it.
-		toSet = p.envToSet(ctx, pl)
 	}
-	if len(toSet) == 0 {
-		return nil
-	}
-	if err := p.backend.(Setter).Set(pl.GetID(), toSet); err != nil {
-		return classify(fmt.Sprintf("error setting env of plugin %s", p.d.Display), err)
-	}
-	p.log(ctx, log.InfoLevel, "plugin env updated", "env.keys", fmt.Sprint(env.Keys(toSet)))
 	return nil
 }
 
-// envToSet returns the entries of the spec's Env that differ from pl's
-// settings and that the Backend's Set accepts: none without a Setter, and
-// otherwise the "KEY=VALUE" entries whose key pl's config declares with a
-// settable value, the rule of moby's v2.Plugin.Set. It logs the keys it
-// skips once per task.
-func (p *Controller) envToSet(ctx context.Context, pl *v2.Plugin) []string {
-	if _, ok := p.backend.(Setter); !ok {
-		return nil
+// envSkipped logs, once per task, the keys of the spec's Env the plugin
+// cannot set.
+func (p *Controller) envSkipped(ctx context.Context, keys []string) {
+	p.mu.Lock()
+	warn := !p.envWarned
+	p.envWarned = true
+	p.mu.Unlock()
+	if warn {
+		p.log(ctx, log.WarnLevel, "ignoring env entries the plugin cannot set: no KEY=VALUE form, or a key its config does not declare settable", "env.keys", fmt.Sprint(keys))
 	}
-	settable, skipped := env.Settable(pl.PluginObj.Config.Env, env.LastPerKey(p.d.Spec.Env))
-	if len(skipped) > 0 {
-		p.mu.Lock()
-		warn := !p.envWarned
-		p.envWarned = true
-		p.mu.Unlock()
-		if warn {
-			p.log(ctx, log.WarnLevel, "ignoring env entries the plugin cannot set: no KEY=VALUE form, or a key its config does not declare settable", "env.keys", fmt.Sprint(skipped))
-		}
-	}
-	return env.Missing(pl.PluginObj.Settings.Env, settable)
 }
 
 // otherReferences counts the references on pl that are not held by this
@@ -665,40 +491,6 @@ func (p *Controller) otherReferences(pl *v2.Plugin) int {
 func (p *Controller) inUse(others int, why string) error {
 	err := withDetail(ErrPluginInUse, fmt.Sprintf("%s has %d reference(s) besides service %s's tasks", p.d.Display, others, p.service), nil)
 	return exec.MakeTemporary(fmt.Errorf("cannot disable plugin %s to %s: %w", p.d.Display, why, err))
-}
-
-// forceDisable disables an enabled plugin so that it can be upgraded or
-// reconfigured. The Manager refuses a plain Disable while any reference
-// exists, and this service's own tasks hold references, so the disable is
-// forced, as stock dockerd does; others is how many references besides
-// this service's tasks are torn away for the change, which Start ends by
-// enabling the plugin again.
-func (p *Controller) forceDisable(ctx context.Context, pl *v2.Plugin, others int) error {
-	if !pl.IsEnabled() {
-		return nil
-	}
-	if err := p.backend.Disable(pl.GetID(), &backend.PluginDisableConfig{ForceDisable: true}); err != nil {
-		if !pl.IsEnabled() {
-			return nil // someone else disabled it meanwhile
-		}
-		return classify(fmt.Sprintf("cannot disable plugin %s to change it", p.d.Display), err)
-	}
-	if others > 0 {
-		p.log(ctx, log.WarnLevel, "plugin disabled for a change while other users hold it", "references", strconv.Itoa(others))
-	} else {
-		p.log(ctx, log.InfoLevel, "plugin disabled")
-	}
-	return nil
-}
-
-// reenable restores a plugin that Prepare disabled before a failed change.
-func (p *Controller) reenable(ctx context.Context, id string) {
-	err := p.backend.Enable(id, &backend.PluginEnableConfig{Timeout: p.enableTimeoutSeconds()})
-	if err != nil {
-		p.log(ctx, log.WarnLevel, "could not re-enable plugin after a failed change", "error", err.Error())
-		return
-	}
-	p.log(ctx, log.InfoLevel, "plugin re-enabled after a failed change")
 }
 
 // authFor asks the WithRegistryAuth function for the remote's credentials.
@@ -730,7 +522,7 @@ func (p *Controller) lookup(nameOrID string) (*v2.Plugin, error) {
 	case err != nil:
 		wrapped := classify(fmt.Sprintf("error looking up plugin %s", p.d.Display), err)
 		if !hasClass(err) && !isTransient(err) {
-			return nil, &unclassifiedLookupError{wrapped}
+			return nil, errs.Unclassified(wrapped)
 		}
 		return nil, wrapped
 	case pl == nil:
@@ -739,24 +531,6 @@ func (p *Controller) lookup(nameOrID string) (*v2.Plugin, error) {
 		return nil, withDetail(errBackend, "plugin has an empty ID", nil)
 	}
 	return pl, nil
-}
-
-// unclassifiedLookupError is an error of Backend.Get that carries no
-// errdefs class and is not temporary: the answer of a hand-written fake
-// (moby's own mockBackend returns errors.New("not found")) rather than of
-// moby's Manager, which classifies every error.
-type unclassifiedLookupError struct{ error }
-
-func (e *unclassifiedLookupError) Unwrap() error { return e.error }
-
-// notInstalled reports whether a lookup error means that no plugin of the
-// name is installed: the Backend says not found, or, as upstream reads any
-// error of Get in Prepare, it gives an unclassified, permanent error.
-// Classified errors (an ambiguous name, an unavailable backend) and
-// temporary ones are not taken as an answer.
-func notInstalled(err error) bool {
-	var unclassified *unclassifiedLookupError
-	return cerrdefs.IsNotFound(err) || errors.As(err, &unclassified)
 }
 
 // owns reports whether the task's service owns pl: upstream's rule, the
@@ -846,12 +620,12 @@ func (p *Controller) Start(ctx context.Context) (err error) {
 		if others := p.otherReferences(pl); others > 0 {
 			return p.inUse(others, "match the spec")
 		}
-		return p.forceDisable(ctx, pl, 0)
+		return update.ForceDisable(ctx, p.backend, pl, 0, p.d.Display, p.log)
 	}
 	if pl.IsEnabled() && health.NotAnswering.Take(pl.GetID()) {
 		// A task's Wait found it hung: restart it if it still does not
 		// answer, and only then.
-		if err := p.probe(ctx, pl); err != nil && !errors.Is(err, errNotProbed) {
+		if err := p.probe(ctx, pl); err != nil && !errors.Is(err, health.ErrNotProbed) {
 			p.log(ctx, log.WarnLevel, "plugin does not answer; restarting it", "probe", p.probeName(pl), "error", err.Error())
 			if err := p.backend.Disable(pl.GetID(), &backend.PluginDisableConfig{ForceDisable: true}); err != nil && pl.IsEnabled() {
 				health.NotAnswering.Mark(pl.GetID())
@@ -875,68 +649,25 @@ func (p *Controller) Start(ctx context.Context) (err error) {
 // ready returns nil once the enabled plugin pl answers its probe, a
 // temporary ErrPluginNotAnswering while it may still be starting, and a
 // permanent one once the enable timeout has passed since Start first found
-// it not answering.
+// it not answering (package internal/health).
 func (p *Controller) ready(ctx context.Context, pl *v2.Plugin) error {
-	err := p.probe(ctx, pl)
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if err == nil || errors.Is(err, errNotProbed) {
-		p.warming = time.Time{}
-		return nil
-	}
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	now := time.Now()
-	if p.warming.IsZero() {
-		p.warming = now
-	}
-	if waited := now.Sub(p.warming); waited >= p.opts.enableTimeout {
-		return withDetail(ErrPluginNotAnswering, fmt.Sprintf("%s did not answer %s within the enable timeout (%s); last answer: %v", p.d.Display, p.probeName(pl), p.opts.enableTimeout, err), nil)
-	}
-	return exec.MakeTemporary(withDetail(ErrPluginNotAnswering, fmt.Sprintf("waiting for %s to answer %s: %v", p.d.Display, p.probeName(pl), err), nil))
+	return p.readiness.Check(ctx, p.checker(), pl, p.d.Display, p.opts.enableTimeout)
 }
 
-// errNotProbed is probe's answer for a plugin it cannot ask: no socket
-// address and no PluginProber Backend.
-var errNotProbed = errors.New("plugin cannot be probed")
-
-// probe asks the enabled plugin pl whether it answers, within the health
-// check's timeout: through a PluginProber Backend, or over the socket the
-// Manager gave it.
-func (p *Controller) probe(ctx context.Context, pl *v2.Plugin) error {
-	ctx, cancel := context.WithTimeout(ctx, p.opts.health.Timeout)
-	defer cancel()
-	done := make(chan struct{})
-	defer close(done)
-	go func() { // Close ends a probe in flight too
-		select {
-		case <-p.closedCh:
-			cancel()
-		case <-done:
-		}
-	}()
+// checker is how the Controller probes its plugin (package internal/health).
+func (p *Controller) checker() health.Checker {
+	c := health.Checker{Timeout: p.opts.health.Timeout, Closed: p.closedCh}
 	if pr, ok := p.backend.(PluginProber); ok {
-		return pr.ProbePlugin(ctx, pl.GetID())
+		c.Prober = pr.ProbePlugin
 	}
-	addr := pl.Addr()
-	if addr == nil {
-		return errNotProbed
-	}
-	err := health.Probe(ctx, addr, pl.GetTypes())
-	if errors.Is(err, health.ErrNoAddress) {
-		return errNotProbed
-	}
-	return err
+	return c
 }
 
-// probeName says what probe asks pl, for messages.
-func (p *Controller) probeName(pl *v2.Plugin) string {
-	if _, ok := p.backend.(PluginProber); ok {
-		return "the Backend's probe"
-	}
-	return health.Name(pl.GetTypes())
+func (p *Controller) probe(ctx context.Context, pl *v2.Plugin) error {
+	return p.checker().Probe(ctx, pl)
 }
+
+func (p *Controller) probeName(pl *v2.Plugin) string { return p.checker().Name(pl) }
 
 func (p *Controller) enableTimeoutSeconds() int {
 	return int((p.opts.enableTimeout + time.Second - 1) / time.Second)
@@ -949,10 +680,13 @@ func (p *Controller) enableTimeoutSeconds() int {
 //   - ErrPluginEnabled or ErrPluginDisabled when the plugin changes to the
 //     state opposite to the spec, ErrPluginRemoved when it is removed
 //     (events that confirm the spec are ignored);
+//   - ErrPluginNotAnswering when the plugin misses its health check the
+//     threshold's number of times in a row (see WithHealthCheck);
 //   - ctx.Err() when ctx ends, exec.ErrControllerClosed when Close is called;
 //   - a temporary error if the Backend closes the event stream.
 //
-// Waiting costs no CPU: it blocks on the Backend's event channel.
+// Waiting costs no CPU between health checks: it blocks on the Backend's
+// event channel and the check's ticker.
 func (p *Controller) Wait(ctx context.Context) (err error) {
 	defer func() { err = stepError(ctx, err) }()
 	if err := p.enter(); err != nil {
@@ -1007,7 +741,7 @@ func (p *Controller) Wait(ctx context.Context) (err error) {
 		defer t.Stop()
 		tick = t.C
 	}
-	misses := 0
+	live := health.Liveness{Checker: p.checker(), Threshold: p.opts.health.Threshold, Name: p.d.Display, Log: p.log}
 	for {
 		select {
 		case <-ctx.Done():
@@ -1015,22 +749,9 @@ func (p *Controller) Wait(ctx context.Context) (err error) {
 		case <-p.closedCh:
 			return exec.ErrControllerClosed
 		case <-tick:
-			err := p.probe(ctx, pl)
-			switch {
-			case err == nil || errors.Is(err, errNotProbed):
-				misses = 0
-				continue
-			case ctx.Err() != nil:
-				return ctx.Err()
+			if err := live.Check(ctx, pl); err != nil {
+				return err
 			}
-			misses++
-			if misses < p.opts.health.Threshold {
-				p.log(ctx, log.WarnLevel, "plugin did not answer its health check", "probe", p.probeName(pl), "misses", strconv.Itoa(misses), "error", err.Error())
-				continue
-			}
-			health.NotAnswering.Mark(id)
-			p.log(ctx, log.ErrorLevel, "plugin does not answer: failing the task; the next task restarts the plugin", "probe", p.probeName(pl), "misses", strconv.Itoa(misses), "error", err.Error())
-			return withDetail(ErrPluginNotAnswering, fmt.Sprintf("%s missed %d health checks in a row (%s); last answer: %v", p.d.Display, misses, p.probeName(pl), err), nil)
 		case e, ok := <-events:
 			if !ok {
 				return exec.MakeTemporary(errEventsClosed)
@@ -1219,153 +940,4 @@ func (p *Controller) Close() error {
 		p.guard.Forget(p.asTask)
 	}
 	return nil
-}
-
-func convertPrivileges(ls []*runtime.PluginPrivilege) types.PluginPrivileges {
-	if len(ls) == 0 {
-		return nil
-	}
-	out := make(types.PluginPrivileges, 0, len(ls))
-	for _, p := range ls {
-		if p == nil {
-			continue
-		}
-		pp := types.PluginPrivilege{
-			Name:        p.Name,
-			Description: p.Description,
-			Value:       p.Value,
-		}
-		out = append(out, pp)
-	}
-	return out
-}
-
-// Restart safety: the daemon's entries. The mechanism is package
-// internal/restart; a Controller meets it through its guard field and its
-// asTask adapter (see restart.Task).
-
-// RestartSafe returns an exec.Executor that gets its controllers from e and
-// keeps the node's plugins installed and enabled across a restart of the
-// node, while leaving the swarm still removes them. A daemon calls it where
-// it builds the node's executor, every time it starts the swarm node, and
-// calls ShuttingDown(dir) before it stops the node for a shutdown.
-//
-// backend is the node's plugin Backend, the one e's Controllers use. dir
-// holds the record of kept plugins (the file swarm-plugins-kept.json, which
-// exists only while plugins are kept); it must survive the restart and must
-// not be wiped with the swarm state, so that a plugin kept for a swarm that
-// is gone when the node comes back is still removed: a daemon gives its
-// data root, the parent of its swarm directory. dir also names the node for
-// ShuttingDown; a later call with the same dir takes its place.
-//
-// What the returned executor does:
-//
-//   - Every call goes to e. Controller returns what e returns; a
-//     *Controller among them (the controller of a plugin task) is watched.
-//   - After ShuttingDown(dir), a watched Controller's Remove releases its
-//     task's reference as usual but, where it would remove its service's
-//     plugin, it records the plugin in dir instead and leaves it installed.
-//     The Manager restores it, enabled, when the daemon starts again.
-//   - After the restart, the first complete set of assignments decides
-//     (swarmkit hands the executor one each time the node connects to a
-//     manager, and one with no task when the node leaves): a recorded
-//     plugin that a task of the same service on this node now uses stays
-//     and is that task's again (a resumed task's Wait takes it over without
-//     a pull); every other recorded plugin is removed then, as its task's
-//     Remove would have removed it at the shutdown. A task whose desired
-//     state is REMOVE (its service was deleted) claims nothing. So a
-//     service deleted while the node was down, a task the managers no
-//     longer assign, a leave, and swarm state wiped while the daemon was
-//     down all end with the plugin removed; a plugin a person or another
-//     service installed meanwhile under the name is never touched. (A node
-//     whose state was wiped joins as a new node, whose first complete set
-//     is empty: its services' new tasks pull their plugins again.) A
-//     removal that fails is tried again at the next complete set, and so
-//     is the removal of a plugin still in use (a volume on the driver).
-//     The removals run on a goroutine of the node's own, never on
-//     swarmkit's worker. Until the first complete set, and while a
-//     recorded plugin of its name is being removed, a Prepare of another
-//     service's task for that name waits, rather than fail with
-//     ErrPluginExists.
-//
-// The executor knows a complete set by the calls swarmkit v2's worker makes
-// for it, in order: Secrets().Reset(), then Controller for each new task,
-// then Volumes(). So that it sees them, the returned executor always
-// implements exec.SecretsProvider, exec.ConfigsProvider and
-// exec.VolumesProvider, handing e's managers through when e implements
-// them and inert ones when it does not (swarmkit then no longer logs that
-// the executor ignores secrets, configs or volumes). Plugins whose
-// Controller e wraps in a type of its own are not kept: their Remove
-// behaves as it always does.
-//
-// RestartSafe returns an error classified invalid argument for a nil e or
-// backend or an empty dir. A record it cannot read is set aside (renamed
-// swarm-plugins-kept.unreadable-TIME.json, never overwritten), logged at
-// error, and the plugins it lists stay installed.
-func RestartSafe(e exec.Executor, backend Backend, dir string) (exec.Executor, error) {
-	switch {
-	case isNil(e):
-		return nil, withDetail(errRestartSafe, "needs an executor, got nil", nil)
-	case isNil(backend):
-		return nil, withDetail(errRestartSafe, "needs a backend, got nil", nil)
-	case dir == "":
-		return nil, withDetail(errRestartSafe, "needs a directory for its record, got \"\"", nil)
-	}
-	g := restart.New(backend, dir)
-	return g.Wrap(e, func(c exec.Controller) (restart.Task, bool) {
-		p, ok := c.(*Controller)
-		if !ok || p == nil {
-			return nil, false
-		}
-		p.guard = g
-		return p.asTask, true
-	}), nil
-}
-
-// ShuttingDown tells the executor RestartSafe returned for dir that its node
-// is stopping because the daemon shuts down, not because it leaves the
-// swarm: from now on its Controllers keep their plugins (see RestartSafe).
-// A daemon calls it once, just before it stops the swarm node for a
-// shutdown, and never on "docker swarm leave". It is safe to call from any
-// goroutine, more than once, and for a dir no executor has (a daemon not in
-// a swarm): then it does nothing. It cannot be undone; the next start of the
-// node calls RestartSafe again.
-func ShuttingDown(dir string) { restart.ShuttingDown(dir) }
-
-// LeftSwarm tells the node's plugin controllers that the daemon is no longer
-// in a swarm: it removes every plugin that dir's record lists as kept for
-// a restart, with Remove's checks (a plugin already gone is fine, one now
-// a person's or another service's is left alone, one still in use stays
-// recorded), and then deletes the record. A daemon calls it after
-// "docker swarm leave" has stopped the node (Cluster.Leave), and when it
-// starts with no swarm state (Cluster.Start), so that the plugins kept by
-// a node that never ran its agent again (locked, its certificates
-// expired, its swarm directory deleted) do not outlive its swarm.
-//
-// backend is the daemon's plugin Backend. It returns the errors of the
-// removals that failed, joined; those plugins stay recorded and the next
-// call tries again. It returns at once when nothing is recorded, and is
-// safe to call from any goroutine.
-func LeftSwarm(backend Backend, dir string) error {
-	switch {
-	case isNil(backend):
-		return withDetail(errRestartSafe, "LeftSwarm needs a backend, got nil", nil)
-	case dir == "":
-		return withDetail(errRestartSafe, "LeftSwarm needs the record's directory, got \"\"", nil)
-	}
-	return restart.LeftSwarm(backend, dir)
-}
-
-// controllerTask is a Controller as its node's restart guard sees it.
-type controllerTask struct{ c *Controller }
-
-func (t *controllerTask) TaskID() string          { return t.c.taskID }
-func (t *controllerTask) Service() string         { return t.c.service }
-func (t *controllerTask) Name() string            { return t.c.d.Spec.Name }
-func (t *controllerTask) Key() string             { return t.c.d.Key }
-func (t *controllerTask) BoundID() string         { return t.c.boundID() }
-func (t *controllerTask) Owns(pl *v2.Plugin) bool { return t.c.owns(pl) }
-func (t *controllerTask) Closed() <-chan struct{} { return t.c.closedCh }
-func (t *controllerTask) Log(ctx context.Context, level log.Level, msg string, kv ...string) {
-	t.c.log(ctx, level, msg, kv...)
 }

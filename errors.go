@@ -68,7 +68,7 @@ var (
 	// docker/docker v28 Manager accepts some of these grants
 	// (CVE-2026-33997); the Controller refuses them itself. Classified
 	// permission denied.
-	ErrIncorrectPrivileges error = errs.New("incorrect privileges", cerrdefs.ErrPermissionDenied)
+	ErrIncorrectPrivileges error = errs.IncorrectPrivileges
 
 	// ErrPluginNotAnswering: the plugin is enabled but does not answer its
 	// protocol (see WithHealthCheck). Start returns it temporary while the
@@ -77,7 +77,7 @@ var (
 	// threshold of misses in a row, and the next task's Start restarts the
 	// plugin. The message names the probe and its last answer. Classified
 	// unavailable.
-	ErrPluginNotAnswering error = errs.New("plugin does not answer", cerrdefs.ErrUnavailable)
+	ErrPluginNotAnswering error = errs.NotAnswering
 
 	// ErrTaskRemoved: a lifecycle method was called after Remove released
 	// the task's reference. Classified failed precondition.

@@ -7,14 +7,24 @@ import (
 	"io"
 	"net/http"
 
+	"github.com/containerd/log"
 	"github.com/distribution/reference"
 	plugintypes "github.com/moby/moby/api/types/plugin"
 	"github.com/moby/moby/api/types/registry"
 	"github.com/moby/moby/v2/daemon/pkg/plugin"
 	v2 "github.com/moby/moby/v2/daemon/pkg/plugin/v2"
 	"github.com/moby/moby/v2/daemon/server/backend"
+	"github.com/moby/swarmkit/v2/agent/exec"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/seed-e85c93d5/plugin/mobyv2/internal/restart"
 )
+
+// This file is the daemon's side of the contract: the Backend a daemon
+// gives its Controllers and the optional interfaces its Manager may
+// satisfy, and the three calls a daemon's patches make for restart safety
+// (RestartSafe, ShuttingDown, LeftSwarm; the mechanism is package
+// internal/restart).
 
 // Backend is the interface for interacting with the plugin manager.
 // Controller actions are passed to the configured backend to do the real work.
@@ -96,4 +106,134 @@ type ManifestResolver interface {
 // runs no process) is not probed at all, as upstream.
 type PluginProber interface {
 	ProbePlugin(ctx context.Context, id string) error
+}
+
+// Restart safety: the daemon's entries. The mechanism is package
+// internal/restart; a Controller meets it through its guard field and its
+// asTask adapter (see restart.Task).
+
+// RestartSafe returns an exec.Executor that gets its controllers from e and
+// keeps the node's plugins installed and enabled across a restart of the
+// node, while leaving the swarm still removes them. A daemon calls it where
+// it builds the node's executor, every time it starts the swarm node, and
+// calls ShuttingDown(dir) before it stops the node for a shutdown.
+//
+// backend is the node's plugin Backend, the one e's Controllers use. dir
+// holds the record of kept plugins (the file swarm-plugins-kept.json, which
+// exists only while plugins are kept); it must survive the restart and must
+// not be wiped with the swarm state, so that a plugin kept for a swarm that
+// is gone when the node comes back is still removed: a daemon gives its
+// data root, the parent of its swarm directory. dir also names the node for
+// ShuttingDown; a later call with the same dir takes its place.
+//
+// What the returned executor does:
+//
+//   - Every call goes to e. Controller returns what e returns; a
+//     *Controller among them (the controller of a plugin task) is watched.
+//   - After ShuttingDown(dir), a watched Controller's Remove releases its
+//     task's reference as usual but, where it would remove its service's
+//     plugin, it records the plugin in dir instead and leaves it installed.
+//     The Manager restores it, enabled, when the daemon starts again.
+//   - After the restart, the first complete set of assignments decides
+//     (swarmkit hands the executor one each time the node connects to a
+//     manager, and one with no task when the node leaves): a recorded
+//     plugin that a task of the same service on this node now uses stays
+//     and is that task's again (a resumed task's Wait takes it over without
+//     a pull); every other recorded plugin is removed then, as its task's
+//     Remove would have removed it at the shutdown. A task whose desired
+//     state is REMOVE (its service was deleted) claims nothing. So a
+//     service deleted while the node was down, a task the managers no
+//     longer assign, a leave, and swarm state wiped while the daemon was
+//     down all end with the plugin removed; a plugin a person or another
+//     service installed meanwhile under the name is never touched. (A node
+//     whose state was wiped joins as a new node, whose first complete set
+//     is empty: its services' new tasks pull their plugins again.) A
+//     removal that fails is tried again at the next complete set, and so
+//     is the removal of a plugin still in use (a volume on the driver).
+//     The removals run on a goroutine of the node's own, never on
+//     swarmkit's worker. Until the first complete set, and while a
+//     recorded plugin of its name is being removed, a Prepare of another
+//     service's task for that name waits, rather than fail with
+//     ErrPluginExists.
+//
+// The executor knows a complete set by the calls swarmkit v2's worker makes
+// for it, in order: Secrets().Reset(), then Controller for each new task,
+// then Volumes(). So that it sees them, the returned executor always
+// implements exec.SecretsProvider, exec.ConfigsProvider and
+// exec.VolumesProvider, handing e's managers through when e implements
+// them and inert ones when it does not (swarmkit then no longer logs that
+// the executor ignores secrets, configs or volumes). Plugins whose
+// Controller e wraps in a type of its own are not kept: their Remove
+// behaves as it always does.
+//
+// RestartSafe returns an error classified invalid argument for a nil e or
+// backend or an empty dir. A record it cannot read is set aside (renamed
+// swarm-plugins-kept.unreadable-TIME.json, never overwritten), logged at
+// error, and the plugins it lists stay installed.
+func RestartSafe(e exec.Executor, backend Backend, dir string) (exec.Executor, error) {
+	switch {
+	case isNil(e):
+		return nil, withDetail(errRestartSafe, "needs an executor, got nil", nil)
+	case isNil(backend):
+		return nil, withDetail(errRestartSafe, "needs a backend, got nil", nil)
+	case dir == "":
+		return nil, withDetail(errRestartSafe, "needs a directory for its record, got \"\"", nil)
+	}
+	g := restart.New(backend, dir)
+	return g.Wrap(e, func(c exec.Controller) (restart.Task, bool) {
+		p, ok := c.(*Controller)
+		if !ok || p == nil {
+			return nil, false
+		}
+		p.guard = g
+		return p.asTask, true
+	}), nil
+}
+
+// ShuttingDown tells the executor RestartSafe returned for dir that its node
+// is stopping because the daemon shuts down, not because it leaves the
+// swarm: from now on its Controllers keep their plugins (see RestartSafe).
+// A daemon calls it once, just before it stops the swarm node for a
+// shutdown, and never on "docker swarm leave". It is safe to call from any
+// goroutine, more than once, and for a dir no executor has (a daemon not in
+// a swarm): then it does nothing. It cannot be undone; the next start of the
+// node calls RestartSafe again.
+func ShuttingDown(dir string) { restart.ShuttingDown(dir) }
+
+// LeftSwarm tells the node's plugin controllers that the daemon is no longer
+// in a swarm: it removes every plugin that dir's record lists as kept for
+// a restart, with Remove's checks (a plugin already gone is fine, one now
+// a person's or another service's is left alone, one still in use stays
+// recorded), and then deletes the record. A daemon calls it after
+// "docker swarm leave" has stopped the node (Cluster.Leave), and when it
+// starts with no swarm state (Cluster.Start), so that the plugins kept by
+// a node that never ran its agent again (locked, its certificates
+// expired, its swarm directory deleted) do not outlive its swarm.
+//
+// backend is the daemon's plugin Backend. It returns the errors of the
+// removals that failed, joined; those plugins stay recorded and the next
+// call tries again. It returns at once when nothing is recorded, and is
+// safe to call from any goroutine.
+func LeftSwarm(backend Backend, dir string) error {
+	switch {
+	case isNil(backend):
+		return withDetail(errRestartSafe, "LeftSwarm needs a backend, got nil", nil)
+	case dir == "":
+		return withDetail(errRestartSafe, "LeftSwarm needs the record's directory, got \"\"", nil)
+	}
+	return restart.LeftSwarm(backend, dir)
+}
+
+// controllerTask is a Controller as its node's restart guard sees it.
+type controllerTask struct{ c *Controller }
+
+func (t *controllerTask) TaskID() string          { return t.c.taskID }
+func (t *controllerTask) Service() string         { return t.c.service }
+func (t *controllerTask) Name() string            { return t.c.d.Spec.Name }
+func (t *controllerTask) Key() string             { return t.c.d.Key }
+func (t *controllerTask) BoundID() string         { return t.c.boundID() }
+func (t *controllerTask) Owns(pl *v2.Plugin) bool { return t.c.owns(pl) }
+func (t *controllerTask) Closed() <-chan struct{} { return t.c.closedCh }
+func (t *controllerTask) Log(ctx context.Context, level log.Level, msg string, kv ...string) {
+	t.c.log(ctx, level, msg, kv...)
 }

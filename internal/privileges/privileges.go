@@ -19,6 +19,9 @@ import (
 	"strings"
 
 	"github.com/docker/docker/api/types"
+	"github.com/docker/docker/api/types/swarm/runtime"
+
+	"github.com/seed-e85c93d5/plugin/internal/errs"
 )
 
 // Required returns the privileges a plugin with config c needs, in the
@@ -235,4 +238,31 @@ func (s v28Order) Swap(i, j int) {
 	sort.Strings(s[i].Value)
 	sort.Strings(s[j].Value)
 	s[i], s[j] = s[j], s[i]
+}
+
+// FromSpec returns a swarm spec's privileges as the Backend takes them,
+// in order, skipping nil entries; nil for none.
+func FromSpec(ls []*runtime.PluginPrivilege) types.PluginPrivileges {
+	if len(ls) == 0 {
+		return nil
+	}
+	out := make(types.PluginPrivileges, 0, len(ls))
+	for _, p := range ls {
+		if p == nil {
+			continue
+		}
+		out = append(out, types.PluginPrivilege{Name: p.Name, Description: p.Description, Value: p.Value})
+	}
+	return out
+}
+
+// Check returns an error that matches errs.IncorrectPrivileges (the
+// controller's ErrIncorrectPrivileges) and names what differs, unless
+// required is exactly granted (Mismatch); what names the plugin and its
+// source for the message.
+func Check(what string, required, granted types.PluginPrivileges) error {
+	if diff := Mismatch(required, granted); diff != "" {
+		return errs.Detail(errs.IncorrectPrivileges, what+" requires other privileges than the service grants; "+diff, nil)
+	}
+	return nil
 }

@@ -9,7 +9,9 @@ package refs
 
 import (
 	"context"
+	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"github.com/distribution/reference"
 	v2 "github.com/docker/docker/plugin/v2"
@@ -156,3 +158,17 @@ func (t *LockTable) leave(key string, l *keyedLock) {
 		delete(t.locks, key)
 	}
 }
+
+// HolderKey is the key of a task's reference in the holder table: its ID,
+// so that every Controller swarmkit makes for a task shares the task's one
+// reference. A task without an ID, which swarmkit never sends but tests
+// ported from upstream's build (upstream's Controllers have no task), gets
+// a key of its Controller's own: it counts once per Controller, as upstream.
+func HolderKey(taskID string) string {
+	if taskID != "" {
+		return taskID
+	}
+	return "\x00untasked-" + strconv.FormatUint(untasked.Add(1), 10)
+}
+
+var untasked atomic.Uint64

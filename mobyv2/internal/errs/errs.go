@@ -25,12 +25,14 @@ import (
 func New(msg string, class error) error { return &classError{msg: msg, class: class} }
 
 // The sentinels package plugin shares with its internal packages; it
-// exports them as ErrInvalidSpec, ErrPluginInUse and (unexported) its
-// invalid-Backend error.
+// exports them as ErrInvalidSpec, ErrPluginInUse, ErrIncorrectPrivileges,
+// ErrPluginNotAnswering and (unexported) its invalid-Backend error.
 var (
-	InvalidSpec = New("invalid plugin spec", cerrdefs.ErrInvalidArgument)
-	PluginInUse = New("plugin is in use", cerrdefs.ErrConflict)
-	Backend     = New("plugin backend returned an invalid result", cerrdefs.ErrInternal)
+	InvalidSpec         = New("invalid plugin spec", cerrdefs.ErrInvalidArgument)
+	PluginInUse         = New("plugin is in use", cerrdefs.ErrConflict)
+	IncorrectPrivileges = New("incorrect privileges", cerrdefs.ErrPermissionDenied)
+	NotAnswering        = New("plugin does not answer", cerrdefs.ErrUnavailable)
+	Backend             = New("plugin backend returned an invalid result", cerrdefs.ErrInternal)
 )
 
 // classError is a sentinel with a fixed message that also matches its
@@ -181,4 +183,27 @@ func IsTransient(err error) bool {
 		}
 	}
 	return false
+}
+
+// unclassifiedLookupError is an error of Backend.Get that carries no
+// errdefs class and is not temporary: the answer of a hand-written fake
+// (moby's own mockBackend returns errors.New("not found")) rather than of
+// moby's Manager, which classifies every error.
+type unclassifiedLookupError struct{ error }
+
+// Unclassified marks err, an error of Backend.Get that carries no errdefs
+// class and is not temporary, as the answer NotInstalled takes for "not
+// installed", as upstream reads any error of Get in Prepare.
+func Unclassified(err error) error { return &unclassifiedLookupError{err} }
+
+func (e *unclassifiedLookupError) Unwrap() error { return e.error }
+
+// NotInstalled reports whether a lookup error means that no plugin of the
+// name is installed: the Backend says not found, or, as upstream reads any
+// error of Get in Prepare, it gives an unclassified, permanent error.
+// Classified errors (an ambiguous name, an unavailable backend) and
+// temporary ones are not taken as an answer.
+func NotInstalled(err error) bool {
+	var unclassified *unclassifiedLookupError
+	return cerrdefs.IsNotFound(err) || errors.As(err, &unclassified)
 }

@@ -2,8 +2,12 @@
 
 // Package health asks a managed plugin, over its own socket, whether it
 // answers its protocol: the readiness and liveness probes of the swarm
-// plugin controller (package plugin), which calls Probe from Start and,
-// periodically, from Wait.
+// plugin controller (package plugin). It owns the probe (Probe, and
+// Checker, which picks the Backend's own probe or the socket), Start's
+// readiness wait (Readiness), Wait's count of misses in a row (Liveness)
+// and the node's marks of plugins found hung (NotAnswering), which the
+// next task's Start reads. The Controller's Start and Wait are its only
+// callers.
 //
 // A plugin answers when the handshake every managed plugin serves,
 // Plugin.Activate, succeeds, and then, for each interface type moby knows,

@@ -21,6 +21,9 @@ import (
 	"strings"
 
 	plugintypes "github.com/moby/moby/api/types/plugin"
+	"github.com/moby/moby/api/types/swarm"
+
+	"github.com/seed-e85c93d5/plugin/mobyv2/internal/errs"
 )
 
 // Required returns the privileges a plugin with config c needs, in the
@@ -237,4 +240,31 @@ func (s v28Order) Swap(i, j int) {
 	sort.Strings(s[i].Value)
 	sort.Strings(s[j].Value)
 	s[i], s[j] = s[j], s[i]
+}
+
+// FromSpec returns a swarm spec's privileges as the Backend takes them,
+// in order, skipping nil entries; nil for none.
+func FromSpec(ls []*swarm.RuntimePrivilege) plugintypes.Privileges {
+	if len(ls) == 0 {
+		return nil
+	}
+	out := make(plugintypes.Privileges, 0, len(ls))
+	for _, p := range ls {
+		if p == nil {
+			continue
+		}
+		out = append(out, plugintypes.Privilege{Name: p.Name, Description: p.Description, Value: p.Value})
+	}
+	return out
+}
+
+// Check returns an error that matches errs.IncorrectPrivileges (the
+// controller's ErrIncorrectPrivileges) and names what differs, unless
+// required is exactly granted (Mismatch); what names the plugin and its
+// source for the message.
+func Check(what string, required, granted plugintypes.Privileges) error {
+	if diff := Mismatch(required, granted); diff != "" {
+		return errs.Detail(errs.IncorrectPrivileges, what+" requires other privileges than the service grants; "+diff, nil)
+	}
+	return nil
 }
