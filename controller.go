@@ -28,7 +28,7 @@ import (
 	"github.com/seed-e85c93d5/plugin/internal/pluginspec"
 	"github.com/seed-e85c93d5/plugin/internal/privileges"
 	"github.com/seed-e85c93d5/plugin/internal/refs"
-	"github.com/seed-e85c93d5/plugin/internal/remotedigest"
+	"github.com/seed-e85c93d5/plugin/remotedigest"
 	"github.com/seed-e85c93d5/plugin/internal/restart"
 	"github.com/seed-e85c93d5/plugin/internal/update"
 )

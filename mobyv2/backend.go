@@ -92,7 +92,8 @@ type Privileger interface {
 // For moby's *plugin.Manager, which has no such method, the Controller asks
 // the registry itself (see WithRegistryHosts); for any other Backend that
 // does not implement it, Prepare upgrades a tag on every new task, as
-// upstream does.
+// upstream does. A Backend that wraps the Manager implements it with one
+// call of package remotedigest's Resolve (see its example).
 type ManifestResolver interface {
 	ResolveManifest(ctx context.Context, ref reference.Named, authConfig *registry.AuthConfig) (digest.Digest, error)
 }

@@ -31,9 +31,9 @@ import (
 	"github.com/seed-e85c93d5/plugin/mobyv2/internal/pluginspec"
 	"github.com/seed-e85c93d5/plugin/mobyv2/internal/privileges"
 	"github.com/seed-e85c93d5/plugin/mobyv2/internal/refs"
-	"github.com/seed-e85c93d5/plugin/mobyv2/internal/remotedigest"
 	"github.com/seed-e85c93d5/plugin/mobyv2/internal/restart"
 	"github.com/seed-e85c93d5/plugin/mobyv2/internal/update"
+	"github.com/seed-e85c93d5/plugin/mobyv2/remotedigest"
 )
 
 // RuntimeKind is the Kind of the generic runtime spec that carries a
