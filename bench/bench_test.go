@@ -789,3 +789,41 @@ func TestFanOut(t *testing.T) {
 		})
 	}
 }
+
+// TestLifecycleAllocs holds target (a) for allocations, which are counted,
+// not timed, so a test can hold them (BENCHMARKS.md has the measured
+// figures): at warn, where neither controller logs, ours allocates at most
+// half of upstream's overhead over the bare Backend calls per task
+// lifecycle. It sets the level to warn for its run (the tests of this
+// package do not run in parallel).
+func TestLifecycleAllocs(t *testing.T) {
+	defer logrus.SetLevel(logrus.GetLevel())
+	logrus.SetLevel(logrus.WarnLevel)
+	ctx, cancel := guard()
+	defer cancel()
+	task := newTask(t, taskID)
+	f := newFixture(t)
+	const runs = 200
+	count := func(name string, once func(be *plugintest.Backend) error) float64 {
+		backends := make([]*plugintest.Backend, runs+1) // AllocsPerRun runs once more, to warm up
+		for i := range backends {
+			backends[i] = newBackend()
+		}
+		i := 0
+		n := testing.AllocsPerRun(runs, func() {
+			be := backends[i]
+			i++
+			if err := once(be); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+		})
+		return n
+	}
+	bare := count("bare", func(be *plugintest.Backend) error { return bareLifecycle(ctx, be, f) })
+	upstream := count("upstream", func(be *plugintest.Backend) error { return controllerLifecycle(ctx, be, upstreamImpl, task) })
+	ours := count("ours", func(be *plugintest.Backend) error { return controllerLifecycle(ctx, be, oursImpl, task) })
+	t.Logf("allocs per lifecycle: bare %.0f, upstream %.0f (+%.0f), ours %.0f (+%.0f)", bare, upstream, upstream-bare, ours, ours-bare)
+	if limit := (upstream - bare) / 2; ours-bare > limit {
+		t.Errorf("ours allocates %.0f over the bare calls, more than half of upstream's %.0f (limit %.1f)", ours-bare, upstream-bare, limit)
+	}
+}

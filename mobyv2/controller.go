@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -326,11 +327,11 @@ func (p *Controller) Prepare(ctx context.Context) (err error) {
 			return err
 		}
 	}
-	unlock, err := p.begin(ctx)
+	held, err := p.begin(ctx)
 	if err != nil {
 		return err
 	}
-	defer unlock()
+	defer p.end(held)
 	p.debug(ctx, "Prepare")
 
 	pl, err := p.bind(p.d.Spec.Name)
@@ -348,7 +349,8 @@ func (p *Controller) Prepare(ctx context.Context) (err error) {
 	if err := p.checkRemoteGrant(ctx, auth); err != nil {
 		return err
 	}
-	privs := privileges.FromSpec(p.d.Spec.Privileges)
+	// A copy: docker v28's Manager sorts the grant it is given in place.
+	privs := slices.Clone(p.d.Granted)
 	if err := p.backend.Pull(ctx, p.d.Remote, p.d.Spec.Name, nil, auth, privs, p.opts.progress,
 		plugin.WithSwarmService(p.service), plugin.WithEnv(p.d.Spec.Env)); err != nil {
 		if cerrdefs.IsConflict(err) || cerrdefs.IsAlreadyExists(err) {
@@ -399,14 +401,17 @@ func (p *Controller) checkRemoteGrant(ctx context.Context, auth *registry.AuthCo
 		p.debug(ctx, "the backend tells no privileges for the remote (or could not fetch them); checking the installed config instead")
 		return nil
 	}
-	return privileges.Check(fmt.Sprintf("plugin %s from %s", p.d.Display, p.d.Familiar), required, privileges.FromSpec(p.d.Spec.Privileges))
+	return privileges.Check(required, p.d.Granted, func() string {
+		return fmt.Sprintf("plugin %s from %s", p.d.Display, p.d.Familiar)
+	})
 }
 
 // checkInstalledGrant compares the privileges pl's installed config
 // requires with the spec's grant.
 func (p *Controller) checkInstalledGrant(pl *v2.Plugin) error {
-	return privileges.Check(fmt.Sprintf("plugin %s as installed from %s", p.d.Display, pl.PluginObj.PluginReference),
-		privileges.Required(pl.PluginObj.Config), privileges.FromSpec(p.d.Spec.Privileges))
+	return privileges.Check(privileges.Required(pl.PluginObj.Config), p.d.Granted, func() string {
+		return fmt.Sprintf("plugin %s as installed from %s", p.d.Display, pl.PluginObj.PluginReference)
+	})
 }
 
 // unpull removes pl, which this Prepare just pulled and bound, because its
@@ -443,7 +448,7 @@ func (p *Controller) prepareExisting(ctx context.Context, pl *v2.Plugin) error {
 		Auth:           p.authFor,
 		CheckRemote:    p.checkRemoteGrant,
 		CheckInstalled: p.checkInstalledGrant,
-		Granted:        privileges.FromSpec(p.d.Spec.Privileges),
+		Granted:        slices.Clone(p.d.Granted), // see Prepare
 		Progress:       p.opts.progress,
 		EnableTimeout:  p.enableTimeoutSeconds(),
 		Others:         others,
@@ -578,22 +583,25 @@ func (p *Controller) current() (*v2.Plugin, error) {
 
 // begin starts a step that may bind or change the plugin: it takes opMu
 // and the plugin's lock (giving up when ctx ends) and checks that the
-// Controller may still act. The returned func releases both.
-func (p *Controller) begin(ctx context.Context) (unlock func(), err error) {
+// Controller may still act. end(held) releases both.
+func (p *Controller) begin(ctx context.Context) (refs.Held, error) {
 	p.opMu.Lock()
 	if err := p.enter(); err != nil {
 		p.opMu.Unlock()
-		return nil, err
+		return refs.Held{}, err
 	}
-	unlockPlugin, err := refs.Locks.Lock(ctx, p.d.Key)
+	held, err := refs.Locks.Lock(ctx, p.d.Key)
 	if err != nil {
 		p.opMu.Unlock()
-		return nil, err
+		return refs.Held{}, err
 	}
-	return func() {
-		unlockPlugin()
-		p.opMu.Unlock()
-	}, nil
+	return held, nil
+}
+
+// end ends a step begin began.
+func (p *Controller) end(held refs.Held) {
+	held.Unlock()
+	p.opMu.Unlock()
 }
 
 // Start is the start phase from swarmkit. It brings the plugin to the
@@ -605,11 +613,11 @@ func (p *Controller) begin(ctx context.Context) (unlock func(), err error) {
 // references other than this service's tasks hold the plugin.
 func (p *Controller) Start(ctx context.Context) (err error) {
 	defer func() { err = stepError(ctx, err) }()
-	unlock, err := p.begin(ctx)
+	held, err := p.begin(ctx)
 	if err != nil {
 		return err
 	}
-	defer unlock()
+	defer p.end(held)
 	p.debug(ctx, "Start")
 
 	pl, err := p.current()
@@ -701,12 +709,12 @@ func (p *Controller) Wait(ctx context.Context) (err error) {
 	// resumed one binds (and takes it) now, unless Remove has begun.
 	id := p.boundID()
 	if id == "" {
-		unlock, err := p.begin(ctx)
+		held, err := p.begin(ctx)
 		if err != nil {
 			return err
 		}
 		pl, err := p.current()
-		unlock()
+		p.end(held)
 		if err != nil {
 			if cerrdefs.IsNotFound(err) {
 				return withDetail(ErrPluginRemoved, "", err)
@@ -738,13 +746,16 @@ func (p *Controller) Wait(ctx context.Context) (err error) {
 		return ErrMismatchedState
 	}
 
+	// The health check ticks only for a plugin it can ask (see
+	// WithHealthCheck); one it cannot is trusted, as upstream trusts it.
 	var tick <-chan time.Time
-	if !p.d.Spec.Disabled && p.opts.health.Interval > 0 {
+	var live *health.Liveness
+	if checker := p.checker(); !p.d.Spec.Disabled && p.opts.health.Interval > 0 && checker.CanProbe(pl) {
 		t := time.NewTicker(p.opts.health.Interval)
 		defer t.Stop()
 		tick = t.C
+		live = &health.Liveness{Checker: checker, Threshold: p.opts.health.Threshold, Name: p.d.Display, Log: p.log}
 	}
-	live := health.Liveness{Checker: p.checker(), Threshold: p.opts.health.Threshold, Name: p.d.Display, Log: p.log}
 	for {
 		select {
 		case <-ctx.Done():
@@ -842,16 +853,17 @@ func (p *Controller) Remove(ctx context.Context) (err error) {
 		return nil
 	}
 	p.debug(ctx, "Remove")
-	// Remove waits for the plugin's lock whatever ctx says: swarmkit calls
-	// it once, best effort, with a context a leave cancels early, and
-	// nothing retries it, so giving up here would leave the plugin behind.
+	// Remove waits for the plugin's lock whatever ctx says (the lock sees
+	// only a context's Done): swarmkit calls it once, best effort, with a
+	// context a leave cancels early, and nothing retries it, so giving up
+	// here would leave the plugin behind.
 	// The holder is another step of the plugin, which ends when its own
 	// context does.
-	unlock, err := refs.Locks.Lock(context.WithoutCancel(ctx), p.d.Key)
+	held, err := refs.Locks.Lock(context.Background(), p.d.Key)
 	if err != nil {
 		return err
 	}
-	defer unlock()
+	defer held.Unlock()
 
 	pl, err := p.release(ctx, id, bound)
 	if err != nil || pl == nil {

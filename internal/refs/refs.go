@@ -119,36 +119,55 @@ type keyedLock struct {
 	users int           // holders and waiters; guarded by LockTable.mu
 }
 
-// Lock takes key's lock and returns the function that releases it. A free
-// lock is always taken, even when ctx is done; a held one is waited for
-// until ctx ends (never, for a context without a Done channel, such as
-// context.WithoutCancel's), and then lock returns ctx.Err().
-func (t *LockTable) Lock(ctx context.Context, key string) (unlock func(), err error) {
+// Lock takes key's lock and returns it held; the caller releases it with
+// Held.Unlock, once. A free lock is always taken, even when ctx is done; a
+// held one is waited for until ctx ends (never, for a context without a
+// Done channel, such as context.Background()), and then Lock returns
+// ctx.Err(). Taking a free lock allocates nothing once the table has
+// warmed up.
+func (t *LockTable) Lock(ctx context.Context, key string) (Held, error) {
 	t.mu.Lock()
 	l := t.locks[key]
 	if l == nil {
-		l = &keyedLock{held: make(chan struct{}, 1)}
+		l = lockPool.Get().(*keyedLock)
 		t.locks[key] = l
 	}
 	l.users++
 	t.mu.Unlock()
-	unlock = func() {
-		<-l.held
-		t.leave(key, l)
-	}
+	h := Held{t: t, key: key, l: l}
 	select {
 	case l.held <- struct{}{}:
-		return unlock, nil
+		return h, nil
 	default:
 	}
 	select {
 	case l.held <- struct{}{}:
-		return unlock, nil
+		return h, nil
 	case <-ctx.Done():
 		t.leave(key, l)
-		return nil, ctx.Err()
+		return Held{}, ctx.Err()
 	}
 }
+
+// Held is a lock Lock took. Its zero value holds nothing.
+type Held struct {
+	t   *LockTable
+	key string
+	l   *keyedLock
+}
+
+// Unlock releases the lock. It does nothing for the zero Held.
+func (h Held) Unlock() {
+	if h.l == nil {
+		return
+	}
+	<-h.l.held
+	h.t.leave(h.key, h.l)
+}
+
+// lockPool keeps the locks of keys no one holds or waits for, so that a
+// lock taken and released over and over allocates nothing.
+var lockPool = sync.Pool{New: func() any { return &keyedLock{held: make(chan struct{}, 1)} }}
 
 // leave drops a holder or waiter of l, and l itself once it has none.
 func (t *LockTable) leave(key string, l *keyedLock) {
@@ -156,6 +175,7 @@ func (t *LockTable) leave(key string, l *keyedLock) {
 	defer t.mu.Unlock()
 	if l.users--; l.users == 0 {
 		delete(t.locks, key)
+		lockPool.Put(l)
 	}
 }
 

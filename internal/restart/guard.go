@@ -402,11 +402,11 @@ func (g *Guard) leftSwarm(backend Backend) error {
 // its service's, the checks of Remove; a plugin still in use is
 // ErrPluginInUse, and stays recorded.
 func (g *Guard) removeKept(ctx context.Context, k keptplugins.Plugin) error {
-	unlock, err := refs.Locks.Lock(ctx, refs.Key(k.Name))
+	held, err := refs.Locks.Lock(ctx, refs.Key(k.Name))
 	if err != nil {
 		return err
 	}
-	defer unlock()
+	defer held.Unlock()
 	l := log.G(ctx).WithFields(log.Fields{"plugin": k.Name, "plugin.id": k.ID, "service": k.Service})
 	if remove, err := g.removable(l, k); !remove || err != nil {
 		return err

@@ -204,6 +204,10 @@ func (e *unclassifiedLookupError) Unwrap() error { return e.error }
 // Classified errors (an ambiguous name, an unavailable backend) and
 // temporary ones are not taken as an answer.
 func NotInstalled(err error) bool {
+	return cerrdefs.IsNotFound(err) || isUnclassified(err)
+}
+
+func isUnclassified(err error) bool {
 	var unclassified *unclassifiedLookupError
-	return cerrdefs.IsNotFound(err) || errors.As(err, &unclassified)
+	return errors.As(err, &unclassified)
 }

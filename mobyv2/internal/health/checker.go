@@ -39,6 +39,9 @@ type Checker struct {
 // through Prober, or over the socket the Manager gave it (Probe). It
 // returns ErrNotProbed for a plugin it cannot ask.
 func (c Checker) Probe(ctx context.Context, pl *v2.Plugin) error {
+	if !c.CanProbe(pl) {
+		return ErrNotProbed
+	}
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
 	done := make(chan struct{})
@@ -62,6 +65,12 @@ func (c Checker) Probe(ctx context.Context, pl *v2.Plugin) error {
 		return ErrNotProbed
 	}
 	return err
+}
+
+// CanProbe reports whether Probe can ask pl at all: through Prober, or
+// over a socket address.
+func (c Checker) CanProbe(pl *v2.Plugin) bool {
+	return c.Prober != nil || pl.Addr() != nil
 }
 
 // Name says what Probe asks pl, for messages.

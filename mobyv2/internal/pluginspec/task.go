@@ -8,10 +8,12 @@ import (
 	"strings"
 
 	"github.com/distribution/reference"
+	plugintypes "github.com/moby/moby/api/types/plugin"
 	"github.com/moby/moby/api/types/swarm"
 	"github.com/moby/swarmkit/v2/api"
 
 	"github.com/seed-e85c93d5/plugin/mobyv2/internal/errs"
+	"github.com/seed-e85c93d5/plugin/mobyv2/internal/privileges"
 	"github.com/seed-e85c93d5/plugin/mobyv2/internal/refs"
 )
 
@@ -53,7 +55,7 @@ func Read(t *api.Task) (*Task, error) {
 	}
 	// A bad Name is left to the Backend, which refuses it (invalid
 	// argument) at Pull, as upstream.
-	d := &Task{Spec: spec, Remote: remote, Familiar: reference.FamiliarString(remote), Key: refs.Key(spec.Name), Display: display}
+	d := &Task{Spec: spec, Remote: remote, Familiar: reference.FamiliarString(remote), Key: refs.Key(spec.Name), Display: display, Granted: privileges.FromSpec(spec.Privileges)}
 	specs.Put(generic.Payload.Value, d)
 	return d, nil
 }
@@ -81,6 +83,10 @@ type Task struct {
 	// plugin ls" shows ("vol:latest", not the defaulted
 	// "docker.io/library/vol").
 	Display string
+	// Granted is the spec's Privileges as the Backend takes them
+	// (privileges.FromSpec), shared: never modify it, and give a Backend
+	// a copy (docker v28's Manager sorts the grant it gets in place).
+	Granted plugintypes.Privileges
 }
 
 // defaultName is the plugin name for a spec without one: the remote, as

@@ -260,11 +260,66 @@ func FromSpec(ls []*swarm.RuntimePrivilege) plugintypes.Privileges {
 
 // Check returns an error that matches errs.IncorrectPrivileges (the
 // controller's ErrIncorrectPrivileges) and names what differs, unless
-// required is exactly granted (Mismatch); what names the plugin and its
-// source for the message.
-func Check(what string, required, granted plugintypes.Privileges) error {
+// required is exactly granted (Diff); what names the plugin and its source
+// for the message, and is called only on a mismatch. A grant that matches
+// costs no allocation.
+func Check(required, granted plugintypes.Privileges, what func() string) error {
+	if Same(required, granted) {
+		return nil
+	}
 	if diff := Mismatch(required, granted); diff != "" {
-		return errs.Detail(errs.IncorrectPrivileges, what+" requires other privileges than the service grants; "+diff, nil)
+		return errs.Detail(errs.IncorrectPrivileges, what()+" requires other privileges than the service grants; "+diff, nil)
 	}
 	return nil
+}
+
+// Same reports whether Diff finds nothing missing and nothing extra,
+// without allocating for lists of up to 64 privileges.
+func Same(required, granted plugintypes.Privileges) bool {
+	if len(required) != len(granted) {
+		return false
+	}
+	if len(granted) > 64 {
+		missing, extra := Diff(required, granted)
+		return len(missing) == 0 && len(extra) == 0
+	}
+	var used uint64
+	for _, r := range required {
+		found := false
+		for i, g := range granted {
+			if used&(1<<i) == 0 && r.Name == g.Name && sameValues(r.Value, g.Value) {
+				used |= 1 << i
+				found = true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+// sameValues reports whether a and b hold the same values as multisets,
+// Diff's rule (key sorts them), without allocating.
+func sameValues(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for _, v := range a {
+		if count(a, v) != count(b, v) {
+			return false
+		}
+	}
+	return true
+}
+
+func count(vs []string, v string) int {
+	n := 0
+	for _, w := range vs {
+		if w == v {
+			n++
+		}
+	}
+	return n
 }
