@@ -39,6 +39,9 @@ var scenarios = []*scenario{
 	{id: "n", title: "upgrade to a 10 MB tag through a 1 MB/s registry", run: throttledUpgrade, issue: 25, stock: &outcome{}, stockV2: &outcome{}},
 	{id: "o", title: "registry down 20 s during a forced update", run: registryDownForcedUpdate, issue: 25, stock: &outcome{failsAt: stepRegistryDownKept}, stockV2: &outcome{failsAt: stepRegistryDownKept}},
 	{id: "p", title: "repeated env key VERSION=1,VERSION=2, 3 forced updates", run: repeatedEnvKey, issue: 25, stock: &outcome{failsAt: stepRepeatedNeverDisabled}, stockV2: &outcome{failsAt: stepRepeatedNeverDisabled}},
+	{id: "q", title: "a broken release (never answers) rolls back to :1", run: brokenReleaseRollsBack, issue: 28, stock: &outcome{failsAt: stepRolledBack}, stockV2: &outcome{failsAt: stepRolledBack}},
+	{id: "r", title: "a hung plugin fails its task, the next task restarts it", run: hangHealed, issue: 28, stock: &outcome{failsAt: stepHangHealed}, stockV2: &outcome{failsAt: stepHangHealed}},
+	{id: "s", title: "a slow start: RUNNING only once the plugin answers", run: slowStart, issue: 28, stock: &outcome{failsAt: stepSlowRunning}, stockV2: &outcome{failsAt: stepSlowRunning}},
 }
 
 // TestDockerd runs every scenario on each dockerd build in turn (dockerds:
