@@ -50,13 +50,27 @@ var scenarios = []*scenario{
 // $DOCKERD_TABLE if set). Subtests are TestDockerd/<build>/<scenario id>.
 func TestDockerd(t *testing.T) {
 	requireHost(t)
+	run, err := selectedScenarios(os.Getenv(scenariosEnv), os.Getenv("CI") == "true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if os.Getenv("CI") == "true" && os.Getenv(scenariosEnv) != "" {
+		t.Logf("$%s is ignored under CI=true: every scenario runs", scenariosEnv)
+	}
+	if len(run) < len(scenarios) {
+		var ids []string
+		for _, sc := range run {
+			ids = append(ids, sc.id)
+		}
+		t.Logf("$%s: only scenarios %s", scenariosEnv, strings.Join(ids, ", "))
+	}
 	setup(t)
 	results := map[*dockerdBuild][]*scenarioResult{}
 	for _, b := range dockerds {
 		t.Run(b.name(), func(t *testing.T) {
 			requireBuild(t, b)
 			d, plugins := startDaemon(t, b)
-			for _, sc := range scenarios {
+			for _, sc := range run {
 				t.Run(sc.id, func(t *testing.T) {
 					r := runScenario(t, d, plugins, sc)
 					results[b] = append(results[b], r)
@@ -78,6 +92,74 @@ func TestDockerd(t *testing.T) {
 	t.Logf("setup (plugin, registry) %.1f s: %v; dockerd builds: %s\n\n%s", shared.setup.Seconds(), shared.bins, strings.Join(builds, ", "), tbl)
 	if err := writeTable(tbl); err != nil {
 		t.Error(err)
+	}
+}
+
+// scenariosEnv names the variable that, outside CI, limits a run to some
+// scenarios: a comma-separated list of their ids (say "q,r,s"), to iterate
+// on them quickly. Empty: every scenario. Under CI=true it is ignored: CI
+// runs everything.
+const scenariosEnv = "DOCKERD_SCENARIOS"
+
+// selectedScenarios returns the scenarios that list (scenariosEnv's value)
+// names, in their order, or all of them if list is empty or ci is set. An
+// id that names no scenario is an error, not an empty run.
+func selectedScenarios(list string, ci bool) ([]*scenario, error) {
+	if ci || strings.TrimSpace(list) == "" {
+		return scenarios, nil
+	}
+	want := map[string]bool{}
+	for _, id := range strings.Split(list, ",") {
+		if id = strings.TrimSpace(id); id != "" {
+			want[id] = true
+		}
+	}
+	var run []*scenario
+	for _, sc := range scenarios {
+		if want[sc.id] {
+			run = append(run, sc)
+			delete(want, sc.id)
+		}
+	}
+	if len(want) > 0 {
+		var unknown []string
+		for id := range want {
+			unknown = append(unknown, id)
+		}
+		slices.Sort(unknown)
+		return nil, fmt.Errorf("$%s=%q: no scenario %s", scenariosEnv, list, strings.Join(unknown, ", "))
+	}
+	return run, nil
+}
+
+// TestSelectedScenarios checks $DOCKERD_SCENARIOS's parsing (no daemon).
+func TestSelectedScenarios(t *testing.T) {
+	ids := func(scs []*scenario) string {
+		var out []string
+		for _, sc := range scs {
+			out = append(out, sc.id)
+		}
+		return strings.Join(out, ",")
+	}
+	all := ids(scenarios)
+	for _, tc := range []struct {
+		list string
+		ci   bool
+		want string
+	}{
+		{"", false, all},
+		{" ", false, all},
+		{"s, q,r", false, "q,r,s"},
+		{"j2,", false, "j2"},
+		{"q,r,s", true, all},
+	} {
+		got, err := selectedScenarios(tc.list, tc.ci)
+		if err != nil || ids(got) != tc.want {
+			t.Errorf("selectedScenarios(%q, %v) = %s, %v; want %s", tc.list, tc.ci, ids(got), err, tc.want)
+		}
+	}
+	if _, err := selectedScenarios("q,zz", false); err == nil || !strings.Contains(err.Error(), "no scenario zz") {
+		t.Errorf("an unknown id: %v", err)
 	}
 }
 
