@@ -61,6 +61,36 @@ const (
 	healthHangAfter = 5 * time.Second
 )
 
+// The daemon's health check is the controller's default (the daemon's
+// executor passes no option): a probe every 10 s, each given 5 s, and a
+// task fails after 3 misses in a row. These mirror plugin.DefaultHealthCheck
+// (the test does not import the module it builds into the forks).
+const (
+	daemonCheckInterval  = 10 * time.Second
+	daemonCheckTimeout   = 5 * time.Second
+	daemonCheckThreshold = 3
+)
+
+// healRestartDelay is (r)'s restart policy delay (swarmkit's default is
+// 5 s): the pause between the failed task and the next one.
+const healRestartDelay = time.Second
+
+// healWithin bounds (r)'s wait for the heal, from the moment the test
+// first gets no answer: the fork's Wait misses its first check at most an
+// interval after the hang, fails the task at the third, a timeout after
+// the third check began; swarmkit starts the next task after the restart
+// delay, whose Start probes once more (a timeout) and then disables and
+// enables the plugin (about 1.5 s); 8 s of slack on top. Measured: the
+// task failed 30.8-30.9 s after the hang and the next one RUNNING 37.4-37.5
+// s after it (41.3-41.5 s with swarmkit's default delay of 5 s). Stock
+// never heals; its step fails when this has passed.
+const healWithin = daemonCheckThreshold*daemonCheckInterval + daemonCheckTimeout + healRestartDelay + daemonCheckTimeout + 8*time.Second
+
+// healthyFor is how long (r) and (s) watch a healthy plugin after it
+// answered: longer than the check's interval, so that the fork's Wait
+// probes it at least once.
+const healthyFor = daemonCheckInterval + time.Second
+
 // healthPublished are the references of volplugin's health tags, in the
 // repository of :1 and :2: :never (mode never), :hang (hang-after:5) and
 // :slow (slow:5).
@@ -222,11 +252,17 @@ func healthActivate(ctx context.Context, id string, timeout time.Duration) healt
 	return healthAnswer{status: resp.StatusCode, body: string(body), err: err, took: time.Since(start)}
 }
 
-// healthSpec is the scenario's service spec with the update config uc.
+// healthSpec is the scenario's service spec with the update config uc
+// and a rollback config whose monitor is as short as serviceSpec's.
 func (s *scenarioRun) healthSpec(p runtime.PluginSpec, uc *swarm.UpdateConfig) swarm.ServiceSpec {
 	spec := s.serviceSpec(p)
 	if uc != nil {
 		spec.UpdateConfig = uc
+	}
+	spec.RollbackConfig = &swarm.UpdateConfig{
+		Parallelism:   1,
+		Monitor:       200 * time.Millisecond,
+		FailureAction: swarm.UpdateFailureActionPause,
 	}
 	return spec
 }
@@ -290,9 +326,13 @@ func brokenReleaseRollsBack(s *scenarioRun) {
 	var hp *healthPublished
 	s.healthPublishStep(&hp)
 	s.healthCleanup(name)
+	// A task of the update that fails within Monitor rolls it back; one
+	// that never reached RUNNING counts whenever it fails (swarmkit's
+	// updater). The rollback's own monitor is short, so that it completes
+	// as soon as the task of :1 runs.
 	rollback := &swarm.UpdateConfig{
 		Parallelism:   1,
-		Monitor:       5 * time.Second,
+		Monitor:       2 * time.Second,
 		FailureAction: swarm.UpdateFailureActionRollback,
 	}
 	var id string
@@ -340,7 +380,7 @@ func brokenReleaseRollsBack(s *scenarioRun) {
 				if t.CreatedAt.Before(since) || t.Spec.PluginSpec == nil || t.Spec.PluginSpec.Remote != hp.never {
 					continue
 				}
-				if waiting == "" && t.Status.State == swarm.TaskStateStarting && t.Status.Err != "" {
+				if waiting == "" && t.Status.State == swarm.TaskStateStarting && strings.Contains(t.Status.Err, "waiting for") {
 					waiting = fmt.Sprintf("task %.10s starting, %.1f s after the update: %q", t.ID, time.Since(since).Seconds(), t.Status.Err)
 				}
 				if failed == "" && ended(t.Status.State) && t.Status.Err != "" {
@@ -353,9 +393,12 @@ func brokenReleaseRollsBack(s *scenarioRun) {
 			}
 			switch u.State {
 			case swarm.UpdateStateRollbackCompleted:
+				if !strings.Contains(failed, "Plugin.Activate") {
+					return false, st.String(), fmt.Errorf("rolled back, but no task of %s failed naming the probe (%q)", hp.never, failed)
+				}
 				return true, st.String(), nil
 			case swarm.UpdateStateCompleted:
-				a := healthActivate(ctx, id, 6*time.Second)
+				a := healthActivate(ctx, id, 2*time.Second)
 				return false, st.String(), fmt.Errorf("the update completed with %s; the plugin's answer to Plugin.Activate: %s", hp.never, a)
 			case swarm.UpdateStatePaused, swarm.UpdateStateRollbackPaused:
 				return false, st.String(), fmt.Errorf("update %s: %s", u.State, u.Message)
@@ -401,13 +444,15 @@ func brokenReleaseRollsBack(s *scenarioRun) {
 	s.removeStep("service rm", name)
 }
 
-// hangHealed is (r): a service of :hang, whose plugin answers for 5 s
-// after its start and then hangs (once: a restarted process answers). The
-// fork's Wait misses 3 health checks (every 10 s, 5 s each) and fails the
-// task; the next task's Start finds the plugin still hung and restarts it
-// (a disable and an enable of the same plugin), and the plugin answers
-// again and keeps its new task RUNNING with no further restart. Stock
-// keeps the task RUNNING with the plugin hung.
+// hangHealed is (r): a service of :hang (restart delay healRestartDelay),
+// whose plugin answers for 5 s after its start and then hangs (once: a
+// restarted process answers). The fork's Wait misses 3 health checks
+// (every 10 s, 5 s each) and fails the task; the next task's Start finds
+// the plugin still hung and restarts it (a disable and an enable of the
+// same plugin), and the plugin answers again and keeps its new task
+// RUNNING with no further restart through another check. Stock keeps the
+// task RUNNING with the plugin hung: its step fails once healWithin has
+// passed since the hang.
 func hangHealed(s *scenarioRun) {
 	const name = "vol-r"
 	var hp *healthPublished
@@ -417,9 +462,14 @@ func hangHealed(s *scenarioRun) {
 	var created, hung time.Time
 	s.step("create :hang", func(ctx context.Context) error {
 		created = time.Now().Round(0)
-		if err := s.createService(ctx, runtime.PluginSpec{Name: name, Remote: hp.hang}); err != nil {
+		spec := s.healthSpec(runtime.PluginSpec{Name: name, Remote: hp.hang}, nil)
+		delay := healRestartDelay
+		spec.TaskTemplate.RestartPolicy = &swarm.RestartPolicy{Condition: swarm.RestartPolicyConditionAny, Delay: &delay}
+		resp, err := s.d.Client.ServiceCreate(ctx, spec, swarm.ServiceCreateOptions{})
+		if err != nil {
 			return err
 		}
+		s.svcID = resp.ID
 		if err := s.waitPlugin(ctx, name, pluginWant{enabled: true, remote: hp.hang}); err != nil {
 			return err
 		}
@@ -456,7 +506,7 @@ func hangHealed(s *scenarioRun) {
 	s.step(stepHangHealed, func(ctx context.Context) error {
 		var failedAt time.Duration
 		var last healthAnswer
-		err := pollFor(ctx, 90*time.Second, "the hung plugin's task to fail and the next task to run", func(ctx context.Context) (bool, string, error) {
+		err := pollFor(ctx, (healWithin - time.Since(hung)).Round(100*time.Millisecond), "the hung plugin's task to fail and the next task to run", func(ctx context.Context) (bool, string, error) {
 			st := s.observe(ctx, name)
 			if st.err != nil {
 				return false, st.String(), st.err
@@ -482,8 +532,8 @@ func hangHealed(s *scenarioRun) {
 				failedAt = time.Since(hung)
 				s.notef("task %.10s %s %.1f s after the hang: %q", old.ID, old.Status.State, failedAt.Seconds(), old.Status.Err)
 			}
-			if old.Status.State != swarm.TaskStateFailed {
-				return false, st.String(), fmt.Errorf("task %.10s ended %s, not failed", old.ID, old.Status.State)
+			if old.Status.State != swarm.TaskStateFailed || !strings.Contains(old.Status.Err, "health checks") {
+				return false, st.String(), fmt.Errorf("task %.10s ended %s (%q), not failed by the health check", old.ID, old.Status.State, old.Status.Err)
 			}
 			if newest == nil || newest.Status.State != swarm.TaskStateRunning || newest.DesiredState != swarm.TaskStateRunning {
 				return false, st.String(), nil
@@ -512,8 +562,7 @@ func hangHealed(s *scenarioRun) {
 		return nil
 	})
 	s.step("healthy after the restart: no more restarts", func(ctx context.Context) error {
-		// Longer than the health check's interval (10 s).
-		if err := s.stable(ctx, name, id, 15*time.Second); err != nil {
+		if err := s.stable(ctx, name, id, healthyFor); err != nil {
 			return err
 		}
 		if t := s.observe(ctx, name).newestTask(); t == nil || t.ID != next {
@@ -539,9 +588,11 @@ var answeringFrom = regexp.MustCompile(`answering from (\S+?)[",]`)
 // slowStart is (s): a service of :slow, whose plugin answers 503 "starting"
 // for 5 s after its start. The task turns RUNNING only once the plugin
 // answers: when the test first sees it RUNNING, the plugin answers the
-// test's own Plugin.Activate, and the task's RUNNING status is timed after
-// the moment the plugin said it would answer from. No task fails, and the
-// plugin is started once.
+// test's own Plugin.Activate, the task's RUNNING status is timed after the
+// moment the plugin said it would answer from, and the task was seen
+// STARTING with a status that says what it waits for. No task fails, and
+// the plugin is started once, through a health check of the fork's Wait
+// (healthyFor).
 func slowStart(s *scenarioRun) {
 	const name = "vol-s"
 	var hp *healthPublished
@@ -567,7 +618,7 @@ func slowStart(s *scenarioRun) {
 				}
 			}
 			t := st.newestTask()
-			if t != nil && t.Status.State == swarm.TaskStateStarting && t.Status.Err != "" && starting == "" {
+			if t != nil && t.Status.State == swarm.TaskStateStarting && strings.Contains(t.Status.Err, "waiting for") && starting == "" {
 				starting = fmt.Sprintf("task %.10s starting, %.1f s after the create: %q", t.ID, time.Since(created).Seconds(), t.Status.Err)
 			}
 			if st.plugin == nil || !st.plugin.Enabled {
@@ -596,6 +647,9 @@ func slowStart(s *scenarioRun) {
 			if readyAt.IsZero() {
 				return false, st.String(), errors.New("the plugin never said when it would answer (no 503 seen, no start line in dockerd's log)")
 			}
+			if starting == "" {
+				return false, st.String(), fmt.Errorf("task %.10s RUNNING, but was never seen STARTING with a status that says what it waits for", t.ID)
+			}
 			running := t.Status.Timestamp
 			s.notef("task %.10s RUNNING at +%.1f s, the plugin answering from +%.1f s (after the create)", t.ID, running.Sub(created).Seconds(), readyAt.Sub(created).Seconds())
 			if running.Before(readyAt) {
@@ -616,8 +670,7 @@ func slowStart(s *scenarioRun) {
 		return err
 	})
 	s.step("no task fails, one process start", func(ctx context.Context) error {
-		// Longer than the health check's interval (10 s).
-		if err := s.stable(ctx, name, id, 12*time.Second); err != nil {
+		if err := s.stable(ctx, name, id, healthyFor); err != nil {
 			return err
 		}
 		st := s.observe(ctx, name)
