@@ -40,7 +40,7 @@ var scenarios = []*scenario{
 	{id: "o", title: "registry down 20 s during a forced update", run: registryDownForcedUpdate, issue: 25, stock: &outcome{failsAt: stepRegistryDownKept}, stockV2: &outcome{failsAt: stepRegistryDownKept}},
 	{id: "p", title: "repeated env key VERSION=1,VERSION=2, 3 forced updates", run: repeatedEnvKey, issue: 25, stock: &outcome{failsAt: stepRepeatedNeverDisabled}, stockV2: &outcome{failsAt: stepRepeatedNeverDisabled}},
 	{id: "q", title: "a broken release (never answers) rolls back to :1", run: brokenReleaseRollsBack, issue: 28, stock: &outcome{failsAt: stepRolledBack}, stockV2: &outcome{failsAt: stepRolledBack}},
-	{id: "r", title: "a hung plugin fails its task, the next task restarts it", run: hangHealed, issue: 28, stock: &outcome{failsAt: stepHangHealed}, stockV2: &outcome{failsAt: stepHangHealed}},
+	{id: "r", title: "a hung plugin fails its task, the next task restarts it", run: hangHealed, issue: 28, stock: &outcome{failsAt: stepHangHealed}, stockV2: &outcome{failsAt: stepHangHealed}, healthRestarts: 1},
 	{id: "s", title: "a slow start: RUNNING only once the plugin answers", run: slowStart, issue: 28, stock: &outcome{failsAt: stepSlowRunning}, stockV2: &outcome{failsAt: stepSlowRunning}},
 }
 
@@ -89,7 +89,13 @@ func TestDockerd(t *testing.T) {
 			builds = append(builds, fmt.Sprintf("%s %.1f s", b.name(), b.took.Seconds()))
 		}
 	}
-	t.Logf("setup (plugin, registry) %.1f s: %v; dockerd builds: %s\n\n%s", shared.setup.Seconds(), shared.bins, strings.Join(builds, ", "), tbl)
+	var restarts []string
+	for _, b := range dockerds {
+		if rs, ok := results[b]; ok {
+			restarts = append(restarts, fmt.Sprintf("%s %s", b.name(), restartTotals(rs)))
+		}
+	}
+	t.Logf("setup (plugin, registry) %.1f s: %v; dockerd builds: %s; plugin restarts over the run: %s\n\n%s", shared.setup.Seconds(), shared.bins, strings.Join(builds, ", "), strings.Join(restarts, "; "), tbl)
 	if err := writeTable(tbl); err != nil {
 		t.Error(err)
 	}
@@ -172,6 +178,7 @@ func runScenario(t *testing.T, d *Daemon, plugins *published, sc *scenario) *sce
 	ctx, cancel := context.WithTimeout(context.Background(), scenarioTimeout)
 	defer cancel()
 	_, logStart := d.logSince(0)
+	began := time.Now()
 	r := &scenarioResult{scenario: sc}
 	run := &scenarioRun{ctx: ctx, d: d, plugins: plugins, reg: shared.reg, logStart: logStart, result: r}
 	sc.run(run)
@@ -193,14 +200,21 @@ func runScenario(t *testing.T, d *Daemon, plugins *published, sc *scenario) *sce
 	for _, fn := range run.cleanups {
 		errs = append(errs, fn(ctx))
 	}
-	r.cleanup = errors.Join(append(errs, d.reset(ctx))...)
+	errs = append(errs, d.reset(ctx))
+	var err error
+	r.processes, err = run.countRestarts(ctx, began)
+	r.cleanup = errors.Join(append(errs, err)...)
+	t.Logf("plugin processes: %s", r.processes)
+	if d.Flavor == fork {
+		r.restarts = checkRestarts(sc, r.processes)
+	}
 	return r
 }
 
 // judge fails t if r contradicts what is expected of build b: a fork
-// passes everything; stock does what the scenario declares for its release,
-// where it declares anything (a stock result that changes means the
-// premise changed).
+// passes everything and keeps the restart rule (checkRestarts); stock
+// does what the scenario declares for its release, where it declares
+// anything (a stock result that changes means the premise changed).
 func judge(t *testing.T, b *dockerdBuild, r *scenarioResult) {
 	t.Helper()
 	if r.cleanup != nil {
@@ -208,6 +222,9 @@ func judge(t *testing.T, b *dockerdBuild, r *scenarioResult) {
 	}
 	got := r.outcome()
 	declared := b.moby.declared(r.scenario)
+	if r.restarts != nil {
+		t.Errorf("%s: %v", b.name(), r.restarts)
+	}
 	switch {
 	case b.flavor == fork && got.failsAt != "":
 		t.Errorf("%s: %s", b.name(), r.failure())
