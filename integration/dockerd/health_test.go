@@ -399,7 +399,7 @@ func brokenReleaseRollsBack(s *scenarioRun) {
 				return true, st.String(), nil
 			case swarm.UpdateStateCompleted:
 				a := healthActivate(ctx, id, 2*time.Second)
-				return false, st.String(), fmt.Errorf("the update completed with %s; the plugin's answer to Plugin.Activate: %s", hp.never, a)
+				return false, st.String(), fmt.Errorf("the update completed with %s (seen %.1f s after the update); the plugin's answer to Plugin.Activate: %s", hp.never, time.Since(since).Seconds()-a.took.Seconds(), a)
 			case swarm.UpdateStatePaused, swarm.UpdateStateRollbackPaused:
 				return false, st.String(), fmt.Errorf("update %s: %s", u.State, u.Message)
 			}
