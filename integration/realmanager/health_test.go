@@ -10,6 +10,17 @@ package realmanager_test
 // their starts, stops and answers ((*rm.Manager).Process), so that each
 // test sees what the Controller asked of the plugin and what the Manager
 // did to its process.
+//
+// Each fails without the behaviour it covers (checked by changing the
+// controller and running them): with Start returning as soon as the
+// plugin is enabled, as upstream, the three slow-start and never-answers
+// tests fail; with no liveness check in Wait, as upstream, the hang,
+// recovered and healthy tests fail (no check ever reaches the plugin);
+// with no restart in Start, the hang test fails; with a restart that does
+// not probe first, the recovered test fails; with the protocol call held
+// to a 200 as Plugin.Activate is (the fixture answers
+// VolumeDriver.Capabilities 404), the healthy test fails, as every test
+// that needs the plugin to be found answering.
 
 import (
 	"context"
