@@ -39,6 +39,9 @@ var scenarios = []*scenario{
 	{id: "n", title: "upgrade to a 10 MB tag through a 1 MB/s registry", run: throttledUpgrade, issue: 25, stock: &outcome{}, stockV2: &outcome{}},
 	{id: "o", title: "registry down 20 s during a forced update", run: registryDownForcedUpdate, issue: 25, stock: &outcome{failsAt: stepRegistryDownKept}, stockV2: &outcome{failsAt: stepRegistryDownKept}},
 	{id: "p", title: "repeated env key VERSION=1,VERSION=2, 3 forced updates", run: repeatedEnvKey, issue: 25, stock: &outcome{failsAt: stepRepeatedNeverDisabled}, stockV2: &outcome{failsAt: stepRepeatedNeverDisabled}},
+	{id: "q", title: "a broken release (never answers) rolls back to :1", run: brokenReleaseRollsBack, issue: 28, stock: &outcome{failsAt: stepRolledBack}, stockV2: &outcome{failsAt: stepRolledBack}},
+	{id: "r", title: "a hung plugin fails its task, the next task restarts it", run: hangHealed, issue: 28, stock: &outcome{failsAt: stepHangHealed}, stockV2: &outcome{failsAt: stepHangHealed}, healthRestarts: 1},
+	{id: "s", title: "a slow start: RUNNING only once the plugin answers", run: slowStart, issue: 28, stock: &outcome{failsAt: stepSlowRunning}, stockV2: &outcome{failsAt: stepSlowRunning}},
 }
 
 // TestDockerd runs every scenario on each dockerd build in turn (dockerds:
@@ -47,13 +50,27 @@ var scenarios = []*scenario{
 // $DOCKERD_TABLE if set). Subtests are TestDockerd/<build>/<scenario id>.
 func TestDockerd(t *testing.T) {
 	requireHost(t)
+	run, err := selectedScenarios(os.Getenv(scenariosEnv), os.Getenv("CI") == "true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if os.Getenv("CI") == "true" && os.Getenv(scenariosEnv) != "" {
+		t.Logf("$%s is ignored under CI=true: every scenario runs", scenariosEnv)
+	}
+	if len(run) < len(scenarios) {
+		var ids []string
+		for _, sc := range run {
+			ids = append(ids, sc.id)
+		}
+		t.Logf("$%s: only scenarios %s", scenariosEnv, strings.Join(ids, ", "))
+	}
 	setup(t)
 	results := map[*dockerdBuild][]*scenarioResult{}
 	for _, b := range dockerds {
 		t.Run(b.name(), func(t *testing.T) {
 			requireBuild(t, b)
 			d, plugins := startDaemon(t, b)
-			for _, sc := range scenarios {
+			for _, sc := range run {
 				t.Run(sc.id, func(t *testing.T) {
 					r := runScenario(t, d, plugins, sc)
 					results[b] = append(results[b], r)
@@ -72,9 +89,83 @@ func TestDockerd(t *testing.T) {
 			builds = append(builds, fmt.Sprintf("%s %.1f s", b.name(), b.took.Seconds()))
 		}
 	}
-	t.Logf("setup (plugin, registry) %.1f s: %v; dockerd builds: %s\n\n%s", shared.setup.Seconds(), shared.bins, strings.Join(builds, ", "), tbl)
+	var restarts []string
+	for _, b := range dockerds {
+		if rs, ok := results[b]; ok {
+			restarts = append(restarts, fmt.Sprintf("%s %s", b.name(), restartTotals(rs)))
+		}
+	}
+	t.Logf("setup (plugin, registry) %.1f s: %v; dockerd builds: %s; plugin restarts over the run: %s\n\n%s", shared.setup.Seconds(), shared.bins, strings.Join(builds, ", "), strings.Join(restarts, "; "), tbl)
 	if err := writeTable(tbl); err != nil {
 		t.Error(err)
+	}
+}
+
+// scenariosEnv names the variable that, outside CI, limits a run to some
+// scenarios: a comma-separated list of their ids (say "q,r,s"), to iterate
+// on them quickly. Empty: every scenario. Under CI=true it is ignored: CI
+// runs everything.
+const scenariosEnv = "DOCKERD_SCENARIOS"
+
+// selectedScenarios returns the scenarios that list (scenariosEnv's value)
+// names, in their order, or all of them if list is empty or ci is set. An
+// id that names no scenario is an error, not an empty run.
+func selectedScenarios(list string, ci bool) ([]*scenario, error) {
+	if ci || strings.TrimSpace(list) == "" {
+		return scenarios, nil
+	}
+	want := map[string]bool{}
+	for _, id := range strings.Split(list, ",") {
+		if id = strings.TrimSpace(id); id != "" {
+			want[id] = true
+		}
+	}
+	var run []*scenario
+	for _, sc := range scenarios {
+		if want[sc.id] {
+			run = append(run, sc)
+			delete(want, sc.id)
+		}
+	}
+	if len(want) > 0 {
+		var unknown []string
+		for id := range want {
+			unknown = append(unknown, id)
+		}
+		slices.Sort(unknown)
+		return nil, fmt.Errorf("$%s=%q: no scenario %s", scenariosEnv, list, strings.Join(unknown, ", "))
+	}
+	return run, nil
+}
+
+// TestSelectedScenarios checks $DOCKERD_SCENARIOS's parsing (no daemon).
+func TestSelectedScenarios(t *testing.T) {
+	ids := func(scs []*scenario) string {
+		var out []string
+		for _, sc := range scs {
+			out = append(out, sc.id)
+		}
+		return strings.Join(out, ",")
+	}
+	all := ids(scenarios)
+	for _, tc := range []struct {
+		list string
+		ci   bool
+		want string
+	}{
+		{"", false, all},
+		{" ", false, all},
+		{"s, q,r", false, "q,r,s"},
+		{"j2,", false, "j2"},
+		{"q,r,s", true, all},
+	} {
+		got, err := selectedScenarios(tc.list, tc.ci)
+		if err != nil || ids(got) != tc.want {
+			t.Errorf("selectedScenarios(%q, %v) = %s, %v; want %s", tc.list, tc.ci, ids(got), err, tc.want)
+		}
+	}
+	if _, err := selectedScenarios("q,zz", false); err == nil || !strings.Contains(err.Error(), "no scenario zz") {
+		t.Errorf("an unknown id: %v", err)
 	}
 }
 
@@ -87,6 +178,7 @@ func runScenario(t *testing.T, d *Daemon, plugins *published, sc *scenario) *sce
 	ctx, cancel := context.WithTimeout(context.Background(), scenarioTimeout)
 	defer cancel()
 	_, logStart := d.logSince(0)
+	began := time.Now()
 	r := &scenarioResult{scenario: sc}
 	run := &scenarioRun{ctx: ctx, d: d, plugins: plugins, reg: shared.reg, logStart: logStart, result: r}
 	sc.run(run)
@@ -108,14 +200,21 @@ func runScenario(t *testing.T, d *Daemon, plugins *published, sc *scenario) *sce
 	for _, fn := range run.cleanups {
 		errs = append(errs, fn(ctx))
 	}
-	r.cleanup = errors.Join(append(errs, d.reset(ctx))...)
+	errs = append(errs, d.reset(ctx))
+	var err error
+	r.processes, err = run.countRestarts(ctx, began)
+	r.cleanup = errors.Join(append(errs, err)...)
+	t.Logf("plugin processes: %s", r.processes)
+	if d.Flavor == fork {
+		r.restarts = checkRestarts(sc, r.processes)
+	}
 	return r
 }
 
 // judge fails t if r contradicts what is expected of build b: a fork
-// passes everything; stock does what the scenario declares for its release,
-// where it declares anything (a stock result that changes means the
-// premise changed).
+// passes everything and keeps the restart rule (checkRestarts); stock
+// does what the scenario declares for its release, where it declares
+// anything (a stock result that changes means the premise changed).
 func judge(t *testing.T, b *dockerdBuild, r *scenarioResult) {
 	t.Helper()
 	if r.cleanup != nil {
@@ -123,6 +222,9 @@ func judge(t *testing.T, b *dockerdBuild, r *scenarioResult) {
 	}
 	got := r.outcome()
 	declared := b.moby.declared(r.scenario)
+	if r.restarts != nil {
+		t.Errorf("%s: %v", b.name(), r.restarts)
+	}
 	switch {
 	case b.flavor == fork && got.failsAt != "":
 		t.Errorf("%s: %s", b.name(), r.failure())

@@ -4,6 +4,7 @@ package dockerd_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -72,6 +73,9 @@ type scenario struct {
 	// stockV2 is what stock moby v2's dockerd does in this scenario, as
 	// measured; nil: only recorded.
 	stockV2 *outcome
+	// healthRestarts is how many plugins a fork's health check restarts in
+	// the scenario (restarts_test.go): (r)'s one heal, none elsewhere.
+	healthRestarts int
 }
 
 // outcome is the result of a scenario: it passes (failsAt empty) or its
@@ -99,6 +103,12 @@ type scenarioResult struct {
 	scenario *scenario
 	steps    []*stepResult
 	cleanup  error // resetting the daemon after the scenario
+	// processes counts the plugin processes and their restarts during the
+	// scenario, its cleanups and the reset, workers included; workers is
+	// the workers' part, added as each is closed.
+	processes, workers processCount
+	// restarts is a fork's breach of the restart rule (checkRestarts).
+	restarts error
 }
 
 func (r *scenarioResult) outcome() outcome {
@@ -558,7 +568,25 @@ func table(results map[*dockerdBuild][]*scenarioResult) string {
 			}
 			b.WriteString("\n")
 		}
+		fmt.Fprintf(&b, "| | %s |", restartsRow)
+		for _, bd := range builds {
+			if r := byID(bd, id); r != nil {
+				fmt.Fprintf(&b, " %s |", restartCell(r.processes, r.restarts))
+			} else {
+				b.WriteString(" – |")
+			}
+		}
+		b.WriteString("\n")
 	}
+	fmt.Fprintf(&b, "| **plugin restarts, every scenario** | %s |", restartsRow)
+	for _, bd := range builds {
+		var breach error
+		for _, r := range results[bd] {
+			breach = errors.Join(breach, r.restarts)
+		}
+		fmt.Fprintf(&b, " **%s** |", restartCell(restartTotals(results[bd]), breach))
+	}
+	b.WriteString("\n")
 	var details []string
 	for _, id := range ids {
 		for _, bd := range builds {
@@ -574,6 +602,9 @@ func table(results map[*dockerdBuild][]*scenarioResult) string {
 			if msg := r.failure(); msg != "" {
 				details = append(details, fmt.Sprintf("- %s (%s) **%s**", bd.name(), id, msg))
 			}
+			if r.restarts != nil {
+				details = append(details, fmt.Sprintf("- %s (%s) **restarts: %v**", bd.name(), id, r.restarts))
+			}
 			if r.cleanup != nil {
 				details = append(details, fmt.Sprintf("- %s (%s) cleanup: %v", bd.name(), id, r.cleanup))
 			}
@@ -583,6 +614,19 @@ func table(results map[*dockerdBuild][]*scenarioResult) string {
 		b.WriteString("\n" + strings.Join(details, "\n") + "\n")
 	}
 	return b.String()
+}
+
+// restartsRow names the table's rows of plugin restarts.
+const restartsRow = "plugin restarts (by the health check) / processes"
+
+// restartCell is a build's figures in a restarts row: restarts, those by
+// the health check, and process starts; FAIL if the fork broke the rule.
+func restartCell(c processCount, breach error) string {
+	cell := fmt.Sprintf("%d (%d) / %d", c.restarts, c.health, c.starts)
+	if breach != nil {
+		cell = "FAIL " + cell
+	}
+	return cell
 }
 
 // writeTable writes the table to the file named by $DOCKERD_TABLE, if set.

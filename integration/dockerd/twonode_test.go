@@ -402,6 +402,7 @@ func (s *scenarioRun) closeWorker(ctx context.Context, n *swarmNode) error {
 			failed.notes = append(failed.notes, "the worker's warnings and errors about plugins: "+strings.ReplaceAll(strings.TrimSpace(excerpt), "\n", " | "))
 		}
 	}
+	s.countWorker(n.d)
 	errs := []error{n.d.Close()}
 	if n.id != "" {
 		err := s.d.Client.NodeRemove(ctx, n.id, swarm.NodeRemoveOptions{Force: true})
