@@ -41,7 +41,7 @@ import (
 
 	plugin "github.com/seed-e85c93d5/plugin"
 	rm "github.com/seed-e85c93d5/plugin/internal/realmanager"
-	"github.com/seed-e85c93d5/plugin/internal/remotedigest"
+	"github.com/seed-e85c93d5/plugin/remotedigest"
 )
 
 // fastCheck is the health check of these tests: a probe every 50 ms, each

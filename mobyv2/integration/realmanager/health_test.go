@@ -25,7 +25,7 @@ import (
 
 	plugin "github.com/seed-e85c93d5/plugin/mobyv2"
 	rm "github.com/seed-e85c93d5/plugin/mobyv2/internal/realmanager"
-	"github.com/seed-e85c93d5/plugin/mobyv2/internal/remotedigest"
+	"github.com/seed-e85c93d5/plugin/mobyv2/remotedigest"
 )
 
 // Readiness and liveness (issue 28) against moby's real *plugin.Manager:
