@@ -14,7 +14,6 @@ import (
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/distribution/reference"
-	"github.com/docker/docker/api/types"
 	"github.com/docker/docker/api/types/backend"
 	"github.com/docker/docker/api/types/registry"
 	"github.com/docker/docker/api/types/swarm"
@@ -22,7 +21,6 @@ import (
 	v2 "github.com/docker/docker/plugin/v2"
 	"github.com/moby/swarmkit/v2/agent/exec"
 	"github.com/moby/swarmkit/v2/api"
-	"github.com/opencontainers/go-digest"
 	"github.com/seed-e85c93d5/plugin/internal/errs"
 	"github.com/seed-e85c93d5/plugin/internal/health"
 	"github.com/seed-e85c93d5/plugin/internal/logging"
@@ -31,6 +29,7 @@ import (
 	"github.com/seed-e85c93d5/plugin/internal/refs"
 	"github.com/seed-e85c93d5/plugin/internal/restart"
 	"github.com/seed-e85c93d5/plugin/internal/update"
+	"github.com/seed-e85c93d5/plugin/internal/watch"
 	"github.com/seed-e85c93d5/plugin/remotedigest"
 )
 
@@ -380,31 +379,20 @@ func (p *Controller) Prepare(ctx context.Context) (err error) {
 	return nil
 }
 
-// checkRemoteGrant compares the privileges the remote's plugin requires,
-// as a Privileger Backend tells them, with the spec's grant. It returns
-// nil when the Backend is no Privileger, or when it answers none while the
-// spec grants some: that is also moby's answer to a failed fetch, so the
-// check of the installed config after the pull or upgrade decides.
+// checkRemoteGrant checks the spec's grant against what the remote's
+// plugin requires, as a Privileger Backend tells (privileges.Remote: nil
+// without one, or when it tells none, moby's answer to a failed fetch;
+// the check of the installed config after the pull or upgrade decides).
 func (p *Controller) checkRemoteGrant(ctx context.Context, auth *registry.AuthConfig) error {
 	pr, ok := p.backend.(Privileger)
 	if !ok {
 		return nil
 	}
-	required, err := pr.Privileges(ctx, p.d.Remote, nil, auth)
-	if err != nil {
-		return classify(fmt.Sprintf("error fetching the privileges of plugin %s from %s", p.d.Display, p.d.Familiar), err)
-	}
-	if len(required) == 0 && len(p.d.Spec.Privileges) > 0 {
-		p.debug(ctx, "the backend tells no privileges for the remote (or could not fetch them); checking the installed config instead")
-		return nil
-	}
-	return privileges.Check(required, p.d.Granted, func() string {
-		return fmt.Sprintf("plugin %s from %s", p.d.Display, p.d.Familiar)
-	})
+	return privileges.Remote(ctx, pr.Privileges, p.d.Remote, auth, p.d.Granted, p.d.Display, p.log)
 }
 
-// checkInstalledGrant compares the privileges pl's installed config
-// requires with the spec's grant.
+// checkInstalledGrant checks the spec's grant against what pl's installed
+// config requires.
 func (p *Controller) checkInstalledGrant(pl *v2.Plugin) error {
 	return privileges.Check(privileges.Required(pl.PluginObj.Config), p.d.Granted, func() string {
 		return fmt.Sprintf("plugin %s as installed from %s", p.d.Display, pl.PluginObj.PluginReference)
@@ -440,7 +428,7 @@ func (p *Controller) prepareExisting(ctx context.Context, pl *v2.Plugin) error {
 	}
 	c := &update.Change{
 		Backend:        p.backend,
-		Resolve:        p.resolver(),
+		Resolve:        remotedigest.For(p.backend, p.opts.hosts),
 		Task:           p.d,
 		Auth:           p.authFor,
 		CheckRemote:    p.checkRemoteGrant,
@@ -456,22 +444,6 @@ func (p *Controller) prepareExisting(ctx context.Context, pl *v2.Plugin) error {
 		c.Set = s.Set
 	}
 	return c.Apply(ctx, pl)
-}
-
-// resolver tells which manifest a tag names now: a ManifestResolver
-// Backend, or, for moby's Manager, the registry itself; nil for any other
-// Backend, which keeps upstream's rule (always upgrade a tag).
-func (p *Controller) resolver() func(context.Context, reference.Named, *registry.AuthConfig) (digest.Digest, error) {
-	switch b := p.backend.(type) {
-	case ManifestResolver:
-		return b.ResolveManifest
-	case *plugin.Manager:
-		hosts := p.opts.hosts
-		return func(ctx context.Context, ref reference.Named, auth *registry.AuthConfig) (digest.Digest, error) {
-			return remotedigest.Resolve(ctx, reference.TagNameOnly(ref), auth, hosts)
-		}
-	}
-	return nil
 }
 
 // envSkipped logs, once per task, the keys of the spec's Env the plugin
@@ -702,26 +674,13 @@ func (p *Controller) Wait(ctx context.Context) (err error) {
 	}
 	p.debug(ctx, "Wait")
 
-	// A task bound by Prepare or Start already holds its reference; a
-	// resumed one binds (and takes it) now, unless Remove has begun.
 	id := p.boundID()
 	if id == "" {
-		held, err := p.begin(ctx)
-		if err != nil {
+		if id, err = p.bindResumed(ctx); err != nil {
 			return err
 		}
-		pl, err := p.current()
-		p.end(held)
-		if err != nil {
-			if cerrdefs.IsNotFound(err) {
-				return withDetail(ErrPluginRemoved, "", err)
-			}
-			return err
-		}
-		id = pl.GetID()
 	}
-	watched := types.Plugin{ID: id}
-	events, cancel := p.backend.SubscribeEvents(1, plugin.EventDisable{Plugin: watched}, plugin.EventRemove{Plugin: watched}, plugin.EventEnable{Plugin: watched})
+	events, cancel := watch.Subscribe(p.backend, id)
 	if cancel != nil {
 		defer cancel()
 	}
@@ -743,15 +702,12 @@ func (p *Controller) Wait(ctx context.Context) (err error) {
 		return ErrMismatchedState
 	}
 
-	// The health check ticks only for a plugin it can ask (see
-	// WithHealthCheck); one it cannot is trusted, as upstream trusts it.
 	var tick <-chan time.Time
-	var live *health.Liveness
-	if checker := p.checker(); !p.d.Spec.Disabled && p.opts.health.Interval > 0 && checker.CanProbe(pl) {
+	live := p.liveness(pl)
+	if live != nil {
 		t := time.NewTicker(p.opts.health.Interval)
 		defer t.Stop()
 		tick = t.C
-		live = &health.Liveness{Checker: checker, Threshold: p.opts.health.Threshold, Name: p.d.Display, Log: p.log}
 	}
 	for {
 		select {
@@ -782,6 +738,40 @@ func (p *Controller) Wait(ctx context.Context) (err error) {
 			p.log(ctx, log.DebugLevel, "ignoring an event that matches the spec", "event", fmt.Sprintf("%T", e))
 		}
 	}
+}
+
+// bindResumed binds a task that Wait finds unbound, resumed on a new
+// Controller after an agent restart, and takes its reference, unless
+// Remove has begun; a task bound by Prepare or Start already holds it. It
+// returns the plugin's ID. (Wait's rare paths are functions of their own,
+// so that the goroutine of each of a node's many Waits needs no bigger
+// stack.)
+func (p *Controller) bindResumed(ctx context.Context) (string, error) {
+	held, err := p.begin(ctx)
+	if err != nil {
+		return "", err
+	}
+	pl, err := p.current()
+	p.end(held)
+	if err != nil {
+		if cerrdefs.IsNotFound(err) {
+			return "", withDetail(ErrPluginRemoved, "", err)
+		}
+		return "", err
+	}
+	return pl.GetID(), nil
+}
+
+// liveness returns Wait's health check of pl, or nil when there is none:
+// the spec says Disabled, a zero Interval turned it off, or the plugin
+// cannot be asked (see WithHealthCheck; it is trusted, as upstream trusts
+// every plugin).
+func (p *Controller) liveness(pl *v2.Plugin) *health.Liveness {
+	checker := p.checker()
+	if p.d.Spec.Disabled || p.opts.health.Interval <= 0 || !checker.CanProbe(pl) {
+		return nil
+	}
+	return &health.Liveness{Checker: checker, Threshold: p.opts.health.Threshold, Name: p.d.Display, Log: p.log}
 }
 
 // ContainerStatus implements swarmkit's exec.ContainerStatuser: the task's

@@ -23,6 +23,7 @@ import (
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/distribution/reference"
 	"github.com/docker/docker/api/types/registry"
+	"github.com/docker/docker/plugin"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -84,4 +85,23 @@ func creds(auth *registry.AuthConfig) func(string) (string, string, error) {
 		}
 		return auth.Username, auth.Password, nil
 	}
+}
+
+// For returns how the controller learns which manifest a tag names now
+// for Backend b: b's own ResolveManifest when it has one (the controller's
+// plugin.ManifestResolver), Resolve with hosts when b is moby's
+// *plugin.Manager itself, and nil for any other Backend, which keeps
+// upstream's rule (a tag is upgraded on every new task).
+func For(b any, hosts docker.RegistryHosts) func(context.Context, reference.Named, *registry.AuthConfig) (digest.Digest, error) {
+	switch b := b.(type) {
+	case interface {
+		ResolveManifest(ctx context.Context, ref reference.Named, authConfig *registry.AuthConfig) (digest.Digest, error)
+	}:
+		return b.ResolveManifest
+	case *plugin.Manager:
+		return func(ctx context.Context, ref reference.Named, auth *registry.AuthConfig) (digest.Digest, error) {
+			return Resolve(ctx, reference.TagNameOnly(ref), auth, hosts)
+		}
+	}
+	return nil
 }

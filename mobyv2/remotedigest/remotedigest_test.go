@@ -81,3 +81,22 @@ func TestResolveUsesThePullsCredentials(t *testing.T) {
 		})
 	}
 }
+
+type resolverBackend struct{ d digest.Digest }
+
+func (r resolverBackend) ResolveManifest(context.Context, reference.Named, *registry.AuthConfig) (digest.Digest, error) {
+	return r.d, nil
+}
+
+// For: a Backend's own ResolveManifest first, nothing for a Backend that
+// can neither resolve nor is moby's Manager.
+func TestFor(t *testing.T) {
+	want := digest.FromString("m")
+	resolve := For(resolverBackend{want}, nil)
+	assert.Assert(t, resolve != nil)
+	got, err := resolve(context.Background(), nil, nil)
+	assert.NilError(t, err)
+	assert.Check(t, is.Equal(got, want))
+	assert.Check(t, For(struct{}{}, nil) == nil)
+	assert.Check(t, For(nil, nil) == nil)
+}

@@ -15,12 +15,18 @@ package privileges
 
 import (
 	"cmp"
+	"context"
+	"fmt"
+	"net/http"
 	"reflect"
 	"slices"
 	"sort"
 	"strings"
 
+	"github.com/containerd/log"
+	"github.com/distribution/reference"
 	plugintypes "github.com/moby/moby/api/types/plugin"
+	"github.com/moby/moby/api/types/registry"
 	"github.com/moby/moby/api/types/swarm"
 
 	"github.com/seed-e85c93d5/plugin/mobyv2/internal/errs"
@@ -322,4 +328,27 @@ func count(vs []string, v string) int {
 		}
 	}
 	return n
+}
+
+// Remote checks granted against what the plugin at ref requires, as fetch
+// (a Backend's Privileges) tells, before anything is pulled or disabled.
+// name names the plugin in messages. It returns nil when fetch tells no
+// privileges while granted holds some: that is also moby's answer to a
+// failed fetch (an empty list and a nil error), so the caller's check of
+// the installed config after the pull or upgrade decides; it says so
+// through logf at debug.
+func Remote(ctx context.Context, fetch func(context.Context, reference.Named, http.Header, *registry.AuthConfig) (plugintypes.Privileges, error),
+	ref reference.Named, auth *registry.AuthConfig, granted plugintypes.Privileges, name string, logf func(context.Context, log.Level, string, ...string),
+) error {
+	required, err := fetch(ctx, ref, nil, auth)
+	if err != nil {
+		return errs.Classify(fmt.Sprintf("error fetching the privileges of plugin %s from %s", name, reference.FamiliarString(ref)), err)
+	}
+	if len(required) == 0 && len(granted) > 0 {
+		logf(ctx, log.DebugLevel, "the backend tells no privileges for the remote (or could not fetch them); checking the installed config instead")
+		return nil
+	}
+	return Check(required, granted, func() string {
+		return fmt.Sprintf("plugin %s from %s", name, reference.FamiliarString(ref))
+	})
 }
