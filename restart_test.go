@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	cerrdefs "github.com/containerd/errdefs"
-	"github.com/moby/swarmkit/v2/agent/exec"
 	"gotest.tools/v3/assert"
 	is "gotest.tools/v3/assert/cmp"
 
@@ -65,7 +64,6 @@ func TestRestartEntriesRefuseBadInput(t *testing.T) {
 	} {
 		assert.Check(t, cerrdefs.IsInvalidArgument(err), "%s: %v", name, err)
 	}
-	var _ exec.Executor = (*executor.Executor)(nil)
 }
 
 // WithRegistryHosts is taken; with a ManifestResolver Backend (the fake)

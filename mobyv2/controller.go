@@ -358,8 +358,8 @@ func (p *Controller) Prepare(ctx context.Context) (err error) {
 			// takes the existing-plugin path with its ownership check.
 			return exec.MakeTemporary(classify(fmt.Sprintf("error pulling plugin %s", p.d.Display), err))
 		}
-		if update.IsRefusedGrant(err) {
-			return withDetail(ErrIncorrectPrivileges, fmt.Sprintf("the backend refused the service's grant for plugin %s from %s", p.d.Display, p.d.Familiar), err)
+		if refused := privileges.Refused(err, p.d.Display, p.d.Familiar); refused != nil {
+			return refused
 		}
 		return classify(fmt.Sprintf("error pulling plugin %s from %s", p.d.Display, p.d.Familiar), err)
 	}
@@ -436,7 +436,6 @@ func (p *Controller) prepareExisting(ctx context.Context, pl *v2.Plugin) error {
 		Auth:           p.authFor,
 		CheckRemote:    p.checkRemoteGrant,
 		CheckInstalled: p.checkInstalledGrant,
-		Granted:        slices.Clone(p.d.Granted), // see Prepare
 		Progress:       p.opts.progress,
 		EnableTimeout:  p.enableTimeoutSeconds(),
 		Others:         others,

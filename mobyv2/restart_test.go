@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	cerrdefs "github.com/containerd/errdefs"
-	"github.com/moby/swarmkit/v2/agent/exec"
 	"gotest.tools/v3/assert"
 	is "gotest.tools/v3/assert/cmp"
 
@@ -67,7 +66,6 @@ func TestRestartEntriesRefuseBadInput(t *testing.T) {
 	} {
 		assert.Check(t, cerrdefs.IsInvalidArgument(err), "%s: %v", name, err)
 	}
-	var _ exec.Executor = (*executor.Executor)(nil)
 }
 
 // WithRegistryHosts is taken; with a ManifestResolver Backend (the fake)

@@ -15,6 +15,7 @@ import (
 	"github.com/moby/swarmkit/v2/agent/exec"
 
 	"github.com/seed-e85c93d5/plugin/mobyv2/internal/errs"
+	"github.com/seed-e85c93d5/plugin/mobyv2/internal/logging"
 )
 
 // ErrNotProbed is a Checker's answer for a plugin it cannot ask: no
@@ -81,32 +82,11 @@ func (c Checker) Name(pl *v2.Plugin) string {
 	return Name(pl.GetTypes())
 }
 
-// Warmup tracks one Controller's readiness wait: how long Start has found
-// its enabled plugin not answering. The zero value has not waited. It is
-// not safe for concurrent use; the Controller guards it.
-type Warmup struct{ since time.Time }
-
-// Answered ends the wait: the plugin answered (or cannot be probed).
-func (w *Warmup) Answered() { w.since = time.Time{} }
-
-// Missed records a probe that failed at now and reports whether the
-// plugin has now been found not answering for at least timeout, counted
-// from the first miss since it last answered.
-func (w *Warmup) Missed(now time.Time, timeout time.Duration) (expired bool) {
-	if w.since.IsZero() {
-		w.since = now
-	}
-	return now.Sub(w.since) >= timeout
-}
-
-// Logf writes one log line with the task's fields and kv pairs.
-type Logf func(ctx context.Context, level log.Level, msg string, kv ...string)
-
 // Readiness is Start's wait for one Controller's enabled plugin to
 // answer. It is safe for concurrent use.
 type Readiness struct {
-	mu     sync.Mutex
-	warmup Warmup
+	mu    sync.Mutex
+	since time.Time // when Check first found the plugin not answering; zero once it answered
 }
 
 // Check probes pl once with c and returns nil once it answers (or cannot
@@ -118,13 +98,17 @@ func (r *Readiness) Check(ctx context.Context, c Checker, pl *v2.Plugin, name st
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err == nil || errors.Is(err, ErrNotProbed) {
-		r.warmup.Answered()
+		r.since = time.Time{}
 		return nil
 	}
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	if r.warmup.Missed(time.Now(), timeout) {
+	now := time.Now()
+	if r.since.IsZero() {
+		r.since = now
+	}
+	if now.Sub(r.since) >= timeout {
 		return errs.Detail(errs.NotAnswering, fmt.Sprintf("%s did not answer %s within the enable timeout (%s); last answer: %v", name, c.Name(pl), timeout, err), nil)
 	}
 	return exec.MakeTemporary(errs.Detail(errs.NotAnswering, fmt.Sprintf("waiting for %s to answer %s: %v", name, c.Name(pl), err), nil))
@@ -137,7 +121,7 @@ type Liveness struct {
 	Checker   Checker
 	Threshold int    // misses in a row that fail the task
 	Name      string // the plugin's name, for the messages
-	Log       Logf
+	Log       logging.Logf
 	misses    int
 }
 

@@ -14,6 +14,11 @@ import (
 	swarmlog "github.com/moby/swarmkit/v2/log"
 )
 
+// Logf writes one log line with the task's fields and kv pairs: the
+// Controller's log method, as the internal packages that log for it
+// take it.
+type Logf func(ctx context.Context, level log.Level, msg string, kv ...string)
+
 // Task names what a line is about; see Line.
 type Task struct {
 	ID       string // the task's ID, as field "task"

@@ -16,6 +16,7 @@ package privileges
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"reflect"
@@ -30,6 +31,7 @@ import (
 	"github.com/moby/moby/api/types/swarm"
 
 	"github.com/seed-e85c93d5/plugin/mobyv2/internal/errs"
+	"github.com/seed-e85c93d5/plugin/mobyv2/internal/logging"
 )
 
 // Required returns the privileges a plugin with config c needs, in the
@@ -338,7 +340,7 @@ func count(vs []string, v string) int {
 // the installed config after the pull or upgrade decides; it says so
 // through logf at debug.
 func Remote(ctx context.Context, fetch func(context.Context, reference.Named, http.Header, *registry.AuthConfig) (plugintypes.Privileges, error),
-	ref reference.Named, auth *registry.AuthConfig, granted plugintypes.Privileges, name string, logf func(context.Context, log.Level, string, ...string),
+	ref reference.Named, auth *registry.AuthConfig, granted plugintypes.Privileges, name string, logf logging.Logf,
 ) error {
 	required, err := fetch(ctx, ref, nil, auth)
 	if err != nil {
@@ -351,4 +353,16 @@ func Remote(ctx context.Context, fetch func(context.Context, reference.Named, ht
 	return Check(required, granted, func() string {
 		return fmt.Sprintf("plugin %s from %s", name, reference.FamiliarString(ref))
 	})
+}
+
+// Refused returns the incorrect-privileges error (errs.IncorrectPrivileges,
+// the controller's ErrIncorrectPrivileges) for err, an error of the
+// Backend's Pull or Upgrade of the plugin name from remote, when err is the
+// Manager's refusal of the grant (unclassified, in moby's words) or
+// already such an error; nil otherwise.
+func Refused(err error, name, remote string) error {
+	if !errors.Is(err, errs.IncorrectPrivileges) && !strings.Contains(err.Error(), "incorrect privileges") {
+		return nil
+	}
+	return errs.Detail(errs.IncorrectPrivileges, fmt.Sprintf("the backend refused the service's grant for plugin %s from %s", name, remote), err)
 }

@@ -15,8 +15,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
-	"strings"
 
 	"github.com/containerd/log"
 	"github.com/distribution/reference"
@@ -29,7 +29,9 @@ import (
 
 	"github.com/seed-e85c93d5/plugin/mobyv2/internal/env"
 	"github.com/seed-e85c93d5/plugin/mobyv2/internal/errs"
+	"github.com/seed-e85c93d5/plugin/mobyv2/internal/logging"
 	"github.com/seed-e85c93d5/plugin/mobyv2/internal/pluginspec"
+	"github.com/seed-e85c93d5/plugin/mobyv2/internal/privileges"
 )
 
 // Backend is what a change needs of the Controller's Backend.
@@ -38,9 +40,6 @@ type Backend interface {
 	Enable(name string, config *backend.PluginEnableConfig) error
 	Upgrade(ctx context.Context, ref reference.Named, name string, metaHeaders http.Header, authConfig *registry.AuthConfig, privileges plugintypes.Privileges, outStream io.Writer) error
 }
-
-// Logf writes one log line with the task's fields and kv pairs.
-type Logf func(ctx context.Context, level log.Level, msg string, kv ...string)
 
 // Change is one Prepare's change of the installed plugin; the Controller
 // builds it for each call of Apply.
@@ -61,17 +60,15 @@ type Change struct {
 	// installed config.
 	CheckRemote    func(ctx context.Context, auth *registry.AuthConfig) error
 	CheckInstalled func(pl *v2.Plugin) error
-	// Granted is the spec's grant, passed to Upgrade.
-	Granted       plugintypes.Privileges
-	Progress      io.Writer
-	EnableTimeout int // seconds, for Enable
+	Progress       io.Writer
+	EnableTimeout  int // seconds, for Enable
 	// Others is how many references on the plugin are not the service's
 	// tasks': a volume that uses the driver, say.
 	Others int
 	// EnvSkipped is told the keys of the spec's Env the plugin cannot set,
 	// at each decision; it logs them once per task.
 	EnvSkipped func(ctx context.Context, keys []string)
-	Log        Logf
+	Log        logging.Logf
 }
 
 // Apply brings the installed plugin pl, to which the task is bound, to the
@@ -184,9 +181,10 @@ func (c *Change) remoteChanged(ctx context.Context, auth *registry.AuthConfig, p
 func (c *Change) changeDisabled(ctx context.Context, pl *v2.Plugin, upgrade bool, auth *registry.AuthConfig, toSet []string) error {
 	d := c.Task
 	if upgrade {
-		if err := c.Backend.Upgrade(ctx, d.Remote, d.Spec.Name, nil, auth, c.Granted, c.Progress); err != nil {
-			if IsRefusedGrant(err) {
-				return errs.Detail(errs.IncorrectPrivileges, fmt.Sprintf("the backend refused the service's grant for plugin %s from %s", d.Display, d.Familiar), err)
+		// A copy of the grant: docker v28's Manager sorts it in place.
+		if err := c.Backend.Upgrade(ctx, d.Remote, d.Spec.Name, nil, auth, slices.Clone(d.Granted), c.Progress); err != nil {
+			if refused := privileges.Refused(err, d.Display, d.Familiar); refused != nil {
+				return refused
 			}
 			return errs.Classify(fmt.Sprintf("error upgrading plugin %s to %s", d.Display, d.Familiar), err)
 		}
@@ -239,7 +237,7 @@ func (c *Change) reenable(ctx context.Context, id string) {
 // dockerd does; others is how many references besides the service's tasks
 // are torn away for the change (logged at warn when any). name is the
 // plugin's name for the error.
-func ForceDisable(ctx context.Context, b Backend, pl *v2.Plugin, others int, name string, logf Logf) error {
+func ForceDisable(ctx context.Context, b Backend, pl *v2.Plugin, others int, name string, logf logging.Logf) error {
 	if !pl.IsEnabled() {
 		return nil
 	}
@@ -255,11 +253,4 @@ func ForceDisable(ctx context.Context, b Backend, pl *v2.Plugin, others int, nam
 		logf(ctx, log.InfoLevel, "plugin disabled")
 	}
 	return nil
-}
-
-// IsRefusedGrant reports whether err is the Manager's refusal of a grant
-// (unclassified, in moby's words) or already an incorrect-privileges
-// error.
-func IsRefusedGrant(err error) bool {
-	return errors.Is(err, errs.IncorrectPrivileges) || strings.Contains(err.Error(), "incorrect privileges")
 }
